@@ -1,0 +1,48 @@
+# uniadc — every target creates the virtual environment first when it is missing.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 180
+export PREFECT_HOME ?= $(CURDIR)/.prefect
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+DEMO_ROOT ?= demo_data
+DEMO_STORE ?= runs/demo
+
+.PHONY: setup demo test bench bench-mtd lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade --quiet pip
+	$(BIN)/python -m pip install -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/uniadc data demo --root $(DEMO_ROOT)
+	$(BIN)/uniadc priors validate priors $(DEMO_ROOT)
+	$(BIN)/uniadc data inspect --kind demo --root $(DEMO_ROOT) --image-class brick
+	$(BIN)/uniadc data split --config configs/demo.yaml --set store=$(DEMO_STORE)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	@for b in benchmarks/metrics.py benchmarks/masks.py benchmarks/synthesis.py benchmarks/regenerate.py benchmarks/gpu_synthesis.py; do \
+		if [ -f $$b ]; then echo "== $$b"; $(BIN)/python $$b $(BENCH_ARGS) || exit $$?; fi; done
+
+bench-mtd: $(STAMP)
+	$(BIN)/python benchmarks/mtd.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check uniadc schemas storage tasks flows tests benchmarks
+
+clean:
+	rm -rf $(DEMO_ROOT) runs .prefect

@@ -1,0 +1,134 @@
+"""The ``uniadc`` command line. Bad input ends with one line naming the file or field, and exit code 2."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any
+
+for _key, _value in (("PREFECT_SERVER_ANALYTICS_ENABLED", "false"), ("DO_NOT_TRACK", "1"),
+                     ("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90"), ("HF_HUB_OFFLINE", "1")):
+    os.environ.setdefault(_key, _value)
+
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from schemas.config import ConfigError, RunConfig, load_run_config  # noqa: E402
+from schemas.priors import PriorsError, load_priors  # noqa: E402
+from storage.errors import DataError, StoreError  # noqa: E402
+
+app = typer.Typer(help="uniadc: unified anomaly detection and classification pipeline.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+priors_app = typer.Typer(help="Anomaly prior files.", no_args_is_help=True)
+data_app = typer.Typer(help="Datasets: inspect, split, build the demo.", no_args_is_help=True)
+app.add_typer(priors_app, name="priors")
+app.add_typer(data_app, name="data")
+console = Console()
+err = Console(stderr=True)
+
+USER_ERRORS = (ConfigError, PriorsError, DataError, StoreError)
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="run config YAML")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override: dotted.key=value (repeatable)")]
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn bad-input exceptions into one line on stderr and exit code 2."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except USER_ERRORS as exc:
+            err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=err, transient=True)
+
+
+def load_config(config: Path, overrides: list[str] | None, store: Path | None = None) -> RunConfig:
+    extra = list(overrides or [])
+    if store is not None:
+        extra.append(f"store={store}")
+    return load_run_config(config, extra)
+
+
+@priors_app.command("validate")
+@user_errors
+def priors_validate(paths: Annotated[list[Path], typer.Argument(help="priors YAML files or folders")]) -> None:
+    """Validate priors files (folders are searched for *.yaml)."""
+    files: list[Path] = []
+    for p in paths:
+        files += sorted(p.rglob("*.yaml")) if p.is_dir() else [p]
+    if not files:
+        raise PriorsError(f"{', '.join(map(str, paths))}: no priors YAML files found")
+    for f in files:
+        pf = load_priors(f)
+        console.print(f"ok  {f}: {pf.dataset}/{pf.image_class}, {len(pf.categories)} categories "
+                      f"({', '.join(pf.names)})", highlight=False)
+
+
+@data_app.command("inspect")
+@user_errors
+def data_inspect(
+    kind: Annotated[str, typer.Option(help="layout: mvtec, mtd or demo")],
+    root: Annotated[Path, typer.Option(help="dataset root folder")],
+    image_class: Annotated[str | None, typer.Option("--image-class", help="image class (mvtec, demo)")] = None,
+) -> None:
+    """Count images per category and report image sizes; decodes every file."""
+    from storage.datasets import scan_dataset
+    from storage.validate import check_records
+
+    records = scan_dataset(kind, root, image_class)
+    with progress() as bar:
+        job = bar.add_task(f"reading {len(records)} images", total=len(records))
+        stats = check_records(records, advance=lambda: bar.advance(job))
+    table = Table(title=f"{kind} dataset at {root}" + (f" / {image_class}" if image_class else ""))
+    table.add_column("category")
+    table.add_column("images", justify="right")
+    table.add_column("mean defect area %", justify="right")
+    normal_name = "Free" if kind == "mtd" else "good"
+    for name, count in sorted(stats.counts.items(), key=lambda kv: (kv[0] == "good", kv[0])):
+        frac = stats.defect_fraction.get(name)
+        shown = normal_name if name == "good" else name
+        table.add_row(shown, str(count), f"{100 * sum(frac) / len(frac):.2f}" if frac else "-")
+    console.print(table)
+    console.print(f"{sum(stats.counts.values())} images; {stats.size_summary()}", highlight=False)
+
+
+@data_app.command("split")
+@user_errors
+def data_split(config: ConfigOpt, overrides: SetOpt = None) -> None:
+    """Draw and write the seeded support/test split of a run config."""
+    cfg = load_config(config, overrides)
+    from flows.data import split_flow
+
+    split_flow(cfg)
+
+
+@data_app.command("demo")
+@user_errors
+def data_demo(root: Annotated[Path, typer.Option(help="where to build the demo dataset")] = Path("demo_data"),
+              seed: int = 0, force: bool = False) -> None:
+    """Build the offline demo dataset (MVTec layout) from scikit-image's bundled textures."""
+    from storage.demo import build_demo_dataset
+
+    if root.exists() and not force:
+        console.print(f"demo dataset already at {root} (use --force to rebuild)")
+        return
+    summary = build_demo_dataset(root, seed=seed)
+    console.print(f"demo dataset written to {root}: {summary}", highlight=False)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    sys.exit(app())

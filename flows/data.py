@@ -1,0 +1,25 @@
+"""Flow ``split``: check the dataset and write the seeded support/test split (cached by its key)."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from schemas.config import RunConfig
+from schemas.manifests import Manifest
+from tasks.common import key_from_params, stage_cache_policy
+from tasks.split import split_dataset, split_key
+
+
+def run_split(config: RunConfig) -> Manifest:
+    """Submit the split task with its explicit cache key; usable inside any flow."""
+    key = split_key(config)
+    policy = stage_cache_policy(key_from_params, config.store)
+    return split_dataset.with_options(cache_policy=policy).submit(config, key).result()
+
+
+@flow(name="split", log_prints=True)
+def split_flow(config: RunConfig) -> Manifest:
+    manifest = run_split(config)
+    print(f"split: {manifest.counts['support']} support, {manifest.counts['test']} test images "
+          f"-> {manifest.run_dir}/{manifest.uris['split']}")
+    return manifest

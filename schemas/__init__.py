@@ -1,0 +1,1 @@
+"""Validated data models (pydantic) and Parquet table schemas (pyarrow) shared by every layer."""

@@ -1,0 +1,217 @@
+"""The run configuration: one validated, frozen object that every stage reads.
+
+Defaults live here and only here. ``load_run_config`` applies ``--set dotted.key=value`` overrides to the raw
+YAML before validation, so an override is checked exactly like the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from schemas.priors import format_validation_error
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DatasetSource(_Frozen):
+    """Where the images come from.
+
+    Attributes:
+        kind: folder layout: ``mvtec`` (MVTec AD and its re-packs), ``mtd`` (raw Magnetic Tile Defect) or
+            ``demo`` (the generated demo dataset, MVTec layout).
+        root: dataset root folder, relative paths resolved against the config file's folder.
+        image_class: the image class (MVTec sub-folder); MTD has a single class, ``magnetic_tile``.
+        priors: priors YAML; default ``priors/<kind>/<image_class>.yaml`` in the repository
+            (the demo dataset writes its own next to its images).
+    """
+
+    kind: Literal["mvtec", "mtd", "demo"]
+    root: str
+    image_class: str | None = None
+    priors: str | None = None
+
+
+class ProceduralOptions(_Frozen):
+    """Offline zero-shot renderer (see ``uniadc.synthesis.procedural``)."""
+
+    feather_px: float = Field(default=2.0, ge=0.0, description="Gaussian feather of the mask edge, in pixels")
+    perlin_scale: int = Field(default=4, ge=1, le=64, description="base Perlin grid cells across the image")
+
+
+class CutPasteOptions(_Frozen):
+    """Few-shot cut-paste of real anomaly support regions (paper §3.3)."""
+
+    min_region_px: int = Field(default=64, ge=1, description="smallest 8-connected component kept, at image size")
+    context_ratio: float = Field(default=0.25, ge=0.0, le=1.0, description="crop margin on each side")
+    max_rotation_deg: float = Field(default=90.0, ge=0.0, le=180.0)
+    scale_range: tuple[float, float] = (0.75, 1.25)
+    repaint: bool = Field(default=True, description="harmonise the pasted region with the procedural renderer")
+
+
+class DiffusionOptions(_Frozen):
+    """Diffusion inpainting backends (``sd-inpaint``, ``brushnet``): local weights only."""
+
+    pipeline_path: str | None = Field(default=None, description="local SD1.5 (inpainting) diffusers folder")
+    brushnet_path: str | None = Field(default=None, description="local BrushNet folder (config.json + safetensors)")
+    brushnet_random_mask_path: str | None = None
+    steps: int = Field(default=10, ge=1)
+    guidance_scale: float = Field(default=12.5, ge=1.0)
+    conditioning_scale: float = Field(default=1.0, ge=0.0)
+    device: str = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    max_batch: int = Field(default=32, ge=1)
+
+
+class SynthesisConfig(_Frozen):
+    """How candidate defects are rendered."""
+
+    backend: Literal["auto", "procedural", "cutpaste", "sd-inpaint", "brushnet"] = "auto"
+    samples_per_category: int = Field(default=16, ge=1, description="selected samples kept per category")
+    masks_per_sample: int = Field(default=32, ge=1, description="mini-batch B of candidate masks per sample")
+    noise_factors: tuple[float, ...] = (0.4, 0.5, 0.6)
+    procedural: ProceduralOptions = ProceduralOptions()
+    cutpaste: CutPasteOptions = CutPasteOptions()
+    diffusion: DiffusionOptions = DiffusionOptions()
+
+    @model_validator(mode="after")
+    def _check_noise(self) -> SynthesisConfig:
+        if not self.noise_factors or any(not 0.0 < g <= 1.0 for g in self.noise_factors):
+            raise ValueError(f"noise_factors must be non-empty values in (0, 1], got {list(self.noise_factors)}")
+        return self
+
+    def resolved_backend(self, setting: str) -> str:
+        """``auto`` means procedural for zero-shot and cutpaste when real anomalies exist."""
+        if self.backend != "auto":
+            return self.backend
+        return "procedural" if setting == "zero_shot" else "cutpaste"
+
+
+class SelectionConfig(_Frozen):
+    """Category-consistency selection among candidates."""
+
+    scorer: Literal["auto", "mask_fidelity", "ssim", "clip-region"] = "auto"
+    clip_model: str = "ViT-B-16"
+    clip_weights: str | None = Field(default=None, description="local open_clip / AlphaCLIP checkpoint")
+
+    def resolved_scorer(self, backend: str) -> str:
+        if self.scorer != "auto":
+            return self.scorer
+        return "ssim" if backend == "cutpaste" else "mask_fidelity"
+
+
+class DiscriminatorConfig(_Frozen):
+    """The multi-task discriminator (paper §3.4) and its training schedule."""
+
+    backbone: Literal["effnet-lite0", "clip", "tiny"] = "effnet-lite0"
+    text_encoder: Literal["minilm", "clip", "tiny"] = "minilm"
+    clip_model: str = "ViT-B-16"
+    clip_weights: str | None = None
+    fusion_dim: int = Field(default=256, ge=8)
+    open_set: bool = False
+    iterations: int = Field(default=250, ge=1)
+    batch_size: int = Field(default=16, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    cls_weight: float = Field(default=0.5, ge=0, description="lambda of the classification loss")
+    grad_clip: float | None = Field(default=None, gt=0)
+    num_threads: int | None = Field(default=None, ge=1)
+
+
+class RunConfig(_Frozen):
+    """Everything a run needs; its hash names the run folder."""
+
+    name: str = "run"
+    dataset: DatasetSource
+    setting: Literal["zero_shot", "few_shot", "full_shot"] = "zero_shot"
+    k_normal: int = Field(default=2, ge=1)
+    k_anomaly: int = Field(default=0, ge=0)
+    seed: int = 0
+    image_size: int = Field(default=256, ge=32, le=2048)
+    synthesis: SynthesisConfig = SynthesisConfig()
+    selection: SelectionConfig = SelectionConfig()
+    discriminator: DiscriminatorConfig = DiscriminatorConfig()
+    threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
+    store: str = "runs"
+
+    @model_validator(mode="after")
+    def _check_setting(self) -> RunConfig:
+        if self.setting == "zero_shot" and self.k_anomaly != 0:
+            raise ValueError(f"k_anomaly must be 0 in the zero_shot setting, got {self.k_anomaly}")
+        if self.setting == "few_shot" and self.k_anomaly < 1:
+            raise ValueError(f"k_anomaly must be >= 1 in the few_shot setting, got {self.k_anomaly}")
+        return self
+
+    def to_json(self) -> str:
+        """Canonical JSON (sorted keys) used for hashing and for the record in every store."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def config_hash(self) -> str:
+        return hashlib.sha256(self.to_json().encode()).hexdigest()
+
+
+class ConfigError(ValueError):
+    """A run config that cannot be used; the message names the file, the field and the value."""
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str], source: str) -> dict[str, Any]:
+    """Apply ``dotted.key=value`` overrides to raw config data; values parse as YAML scalars/lists."""
+    data = json.loads(json.dumps(data))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected dotted.key=value")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"--set {item!r}: empty key segment")
+        node = data
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {key}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    return data
+
+
+def load_run_config(path: str | Path | None, overrides: list[str] | None = None,
+                    data: dict[str, Any] | None = None) -> RunConfig:
+    """Read a run YAML (or raw ``data``), apply overrides, validate.
+
+    Relative ``dataset.root`` / ``dataset.priors`` / ``store`` paths are resolved against the config file's
+    folder so a config works from any working directory.
+    """
+    source = str(path) if path is not None else "<config>"
+    if data is None:
+        if path is None:
+            raise ConfigError("no config given")
+        p = Path(path)
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{p}: no such config file") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML: {exc}".replace("\n", " ")) from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: expected a mapping at the top level")
+    data = apply_overrides(data, list(overrides or []), source)
+    if path is not None:
+        base = Path(path).resolve().parent
+        ds = data.get("dataset")
+        if isinstance(ds, dict):
+            for key in ("root", "priors"):
+                if isinstance(ds.get(key), str) and not Path(ds[key]).is_absolute():
+                    ds[key] = str((base / ds[key]).resolve())
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(source, exc)) from exc

@@ -1,0 +1,75 @@
+"""Where a run's outputs live, and the provenance every store records.
+
+::
+
+    <store>/<run name>/
+        split-<hash>/split.parquet                 the support/test split
+        foreground-<hash>/foreground.zarr          foreground masks of the normal support images
+        masks/<category>-<hash>/masks.zarr         candidate masks per selected sample
+        regenerate/<category>-<hash>/samples.zarr  selected synthetic samples (images, masks, class masks)
+        regenerate/<category>-<hash>/samples/      their Parquet rows, one part per batch
+        train-<hash>/model.safetensors             the discriminator
+        evaluate-<hash>/maps.zarr, predictions/, metrics.parquet, report.html
+        .cache/                                    Prefect result records (cache), removed with the store
+
+Stage folders are addressed by their cache key, so editing one category's prior writes a new folder for that
+category and leaves the others (and their cache records) in place.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+TRACKED_PACKAGES = ("uniadc", "numpy", "torch", "torchvision", "scikit-image", "scipy", "zarr", "polars", "pyarrow",
+                    "prefect", "diffusers", "open_clip_torch", "sentence-transformers", "pillow")
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Paths of one run folder."""
+
+    root: Path
+
+    @classmethod
+    def for_config(cls, store: str | Path, name: str) -> RunLayout:
+        return cls(Path(store).resolve() / name)
+
+    def stage_dir(self, stage: str, key: str, unit: str = "") -> Path:
+        """``<root>/<stage>-<key12>`` or ``<root>/<stage>/<unit>-<key12>`` for per-category stages."""
+        short = key[:12]
+        return self.root / stage / f"{unit}-{short}" if unit else self.root / f"{stage}-{short}"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.root / ".cache"
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for name in TRACKED_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def git_sha() -> str:
+    """The checkout's commit (with ``-dirty`` when it has uncommitted changes), or ``unknown``."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                             timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def provenance(config_json: str, extra: dict | None = None) -> dict:
+    """Attributes recorded on every Zarr group and Parquet store of a run."""
+    return {"config": config_json, "versions": package_versions(), "git_sha": git_sha(), **(extra or {})}

@@ -1,0 +1,62 @@
+"""Parquet tables as folders of part files, one part per batch, each written atomically.
+
+A part is written to ``<name>.partial`` and renamed into place, so a reader globbing ``*.parquet`` never sees a
+half-written part. Parts are validated against the declared pyarrow schema on write.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from storage.errors import StoreError
+
+
+def write_table_atomic(table: pa.Table, path: str | Path, schema: pa.Schema | None = None) -> Path:
+    """Write one Parquet file atomically (tmp + fsync + rename)."""
+    path = Path(path)
+    if schema is not None:
+        if not table.schema.equals(schema, check_metadata=False):
+            try:
+                table = table.cast(schema)
+            except (pa.ArrowInvalid, ValueError) as exc:
+                raise StoreError(f"{path}: rows do not match the table schema: {exc}") from exc
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def part_name(index: int) -> str:
+    return f"part-{index:06d}.parquet"
+
+
+def write_part(folder: str | Path, index: int, rows: dict[str, list], schema: pa.Schema) -> Path:
+    """Write rows (column -> values) as part ``index`` of the table in ``folder``."""
+    table = pa.table({name: rows[name] for name in schema.names}, schema=schema)
+    return write_table_atomic(table, Path(folder) / part_name(index), schema)
+
+
+def list_parts(folder: str | Path) -> list[Path]:
+    folder = Path(folder)
+    return sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
+
+
+def read_parts(folder: str | Path, schema: pa.Schema | None = None) -> pl.DataFrame:
+    """All committed parts of a table as one DataFrame (empty with the schema's columns when none)."""
+    parts = list_parts(folder)
+    if not parts:
+        if schema is None:
+            return pl.DataFrame()
+        return pl.from_arrow(schema.empty_table())
+    return pl.read_parquet([str(p) for p in parts])

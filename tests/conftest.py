@@ -1,0 +1,41 @@
+"""Shared fixtures: offline environment, one Prefect test harness per session, tiny datasets on disk."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+MTD_ROOT = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mtd"
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One ephemeral Prefect API for the whole session (entering it costs ~7 s)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+def pytest_collection_modifyitems(config, items):
+    """gpu tests skip without CUDA; mtd tests skip without the dataset."""
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:  # pragma: no cover
+        has_cuda = False
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(pytest.mark.skip(reason="needs CUDA"))
+        if "mtd" in item.keywords and not MTD_ROOT.is_dir():
+            item.add_marker(pytest.mark.skip(reason=f"needs the MTD dataset at {MTD_ROOT}"))
