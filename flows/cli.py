@@ -63,6 +63,19 @@ def load_config(config: Path, overrides: list[str] | None, store: Path | None = 
     return load_run_config(config, extra)
 
 
+def preflight(config: RunConfig) -> None:
+    """Everything that can be checked before work starts: priors, dataset layout, every image and mask."""
+    from storage.datasets import scan_dataset
+    from storage.priors import load_run_priors
+    from storage.validate import check_records
+
+    priors = load_run_priors(config)
+    records = scan_dataset(config.dataset.kind, config.dataset.root, config.dataset.image_class, priors.names)
+    with progress() as bar:
+        job = bar.add_task(f"checking {len(records)} images", total=len(records))
+        check_records(records, advance=lambda: bar.advance(job))
+
+
 @priors_app.command("validate")
 @user_errors
 def priors_validate(paths: Annotated[list[Path], typer.Argument(help="priors YAML files or folders")]) -> None:
@@ -111,6 +124,7 @@ def data_inspect(
 def data_split(config: ConfigOpt, overrides: SetOpt = None) -> None:
     """Draw and write the seeded support/test split of a run config."""
     cfg = load_config(config, overrides)
+    preflight(cfg)
     from flows.data import split_flow
 
     split_flow(cfg)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 MaskShape = Literal[
     "rectangle", "line", "polygon", "ellipse", "hollow_ellipse", "random_brush", "perlin", "foreground"
@@ -59,9 +59,9 @@ class AnomalyPrior(_Frozen):
     @field_validator("descriptions")
     @classmethod
     def _non_empty_descriptions(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for text in value:
+        for i, text in enumerate(value):
             if not text.strip():
-                raise ValueError("a description is empty")
+                raise ValueError(f"description [{i}] is empty (got {text!r})")
         return value
 
     @field_validator("shapes", "sizes")
@@ -99,14 +99,15 @@ class PriorsFile(_Frozen):
     image_class: str = Field(min_length=1)
     categories: tuple[AnomalyPrior, ...] = Field(min_length=1)
 
-    @model_validator(mode="after")
-    def _unique_names(self) -> PriorsFile:
+    @field_validator("categories")
+    @classmethod
+    def _unique_names(cls, value: tuple[AnomalyPrior, ...]) -> tuple[AnomalyPrior, ...]:
         seen: set[str] = set()
-        for prior in self.categories:
+        for prior in value:
             if prior.name in seen:
                 raise ValueError(f"duplicate category name {prior.name!r}")
             seen.add(prior.name)
-        return self
+        return value
 
     @property
     def names(self) -> list[str]:
@@ -127,7 +128,12 @@ class PriorsError(ValueError):
 def format_validation_error(source: str, error: ValidationError, data: object = None) -> str:
     """One line per problem: ``source: field.path: message (got value)``."""
     lines = []
-    for item in error.errors():
+    errors = error.errors()
+    failed_inside = {o["loc"][:k] for o in errors for k in range(len(o["loc"]))}
+    for item in errors:
+        # a tuple whose items failed is also reported as too short; the item errors say why
+        if item["type"] == "too_short" and item["loc"] in failed_inside:
+            continue
         loc = ".".join(_loc_part(p, data) for p in item["loc"]) or "<root>"
         got = item.get("input")
         shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
