@@ -144,5 +144,19 @@ def data_demo(root: Annotated[Path, typer.Option(help="where to build the demo d
     console.print(f"demo dataset written to {root}: {summary}", highlight=False)
 
 
+StoreOpt = Annotated[Path | None, typer.Option("--store", help="output store folder (overrides the config)")]
+
+
+@app.command("regenerate")
+@user_errors
+def regenerate(config: ConfigOpt, store: StoreOpt = None, overrides: SetOpt = None) -> None:
+    """Synthesise and select category-specific defects (split -> support -> per-category samples)."""
+    cfg = load_config(config, overrides, store)
+    preflight(cfg)
+    from flows.regenerate import regenerate_flow
+
+    regenerate_flow(cfg)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     sys.exit(app())

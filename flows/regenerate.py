@@ -1,0 +1,60 @@
+"""Flow ``regenerate``: split -> support -> one cached task per category -> contact sheet + artifacts."""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.futures import as_completed
+
+from schemas.config import RunConfig
+from schemas.manifests import Manifest
+from storage.layout import RunLayout
+from storage.priors import load_run_priors
+from tasks.common import key_from_params, stage_cache_policy
+from tasks.contact_sheet import write_contact_sheet
+from tasks.regenerate import category_key, regenerate_category
+from tasks.support import prepare_support, support_key
+from flows.data import run_split
+
+
+def run_support(config: RunConfig, split: Manifest) -> Manifest:
+    key = support_key(config, split)
+    policy = stage_cache_policy(key_from_params, config.store)
+    return prepare_support.with_options(cache_policy=policy).submit(config, split, key).result()
+
+
+def run_regenerate(config: RunConfig, support: Manifest) -> list[Manifest]:
+    """Submit one task per category (independent, so a Dask runner can spread them); wait for all."""
+    priors = load_run_priors(config)
+    policy = stage_cache_policy(key_from_params, config.store)
+    progress = create_progress_artifact(0.0, description=f"regenerate: categories of {config.name} done")
+    futures = []
+    for name in priors.names:
+        key = category_key(config, priors, name, support)
+        task = regenerate_category.with_options(cache_policy=policy, task_run_name=f"regenerate-{name}")
+        futures.append(task.submit(config, priors, name, support, key))
+    done = 0
+    for _ in as_completed(futures):
+        done += 1
+        update_progress_artifact(progress, 100.0 * done / len(futures))
+    manifests = [f.result() for f in futures]
+    create_table_artifact(
+        [{"category": m.key, "samples": m.counts["samples"], "mean_score": m.counts["mean_score_milli"] / 1000,
+          "store": m.uris["zarr"]} for m in manifests],
+        key=None, description=f"selected synthetic samples of {config.name}")
+    return manifests
+
+
+@flow(name="regenerate", log_prints=True)
+def regenerate_flow(config: RunConfig) -> list[Manifest]:
+    """Synthesise and select the training defects of every category; writes a contact sheet PNG."""
+    split = run_split(config)
+    support = run_support(config, split)
+    manifests = run_regenerate(config, support)
+    sheet = RunLayout.for_config(config.store, config.name).root / "contact_sheet.png"
+    write_contact_sheet(manifests, str(sheet))
+    for m in manifests:
+        print(f"{m.key}: {m.counts['samples']} samples (mean score {m.counts['mean_score_milli'] / 1000:.3f}) "
+              f"-> {m.run_dir}/{m.uris['zarr']}")
+    print(f"contact sheet: {sheet}")
+    return manifests
