@@ -68,6 +68,10 @@ class DiffusionOptions(_Frozen):
     device: str = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     max_batch: int = Field(default=32, ge=1)
+    resolution: int | None = Field(default=512, ge=64, multiple_of=8,
+                                   description="square working size of the diffusion (None: the image size)")
+    negative_steps: int = Field(default=20, ge=1,
+                                description="steps for categories with a negative prompt (run at gamma = 1)")
 
 
 class SynthesisConfig(_Frozen):
@@ -100,6 +104,12 @@ class SelectionConfig(_Frozen):
     scorer: Literal["auto", "mask_fidelity", "ssim", "clip-region"] = "auto"
     clip_model: str = "ViT-B-16"
     clip_weights: str | None = Field(default=None, description="local open_clip / AlphaCLIP checkpoint")
+    alpha_clip_weights: str | None = Field(default=None, description="local AlphaCLIP visual checkpoint (.pth)")
+    region_prompt: Literal["auto", "alpha", "blur", "dim"] = Field(
+        default="auto", description="how clip-region points at the mask (auto: alpha with AlphaCLIP weights, else blur)")
+    device: str = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    max_batch: int = Field(default=32, ge=1)
 
     def resolved_scorer(self, backend: str) -> str:
         if self.scorer != "auto":
@@ -187,8 +197,9 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None,
                     data: dict[str, Any] | None = None) -> RunConfig:
     """Read a run YAML (or raw ``data``), apply overrides, validate.
 
-    Relative ``dataset.root`` / ``dataset.priors`` / ``store`` paths are resolved against the config file's
-    folder so a config works from any working directory.
+    Relative ``dataset.root`` / ``dataset.priors`` / ``store`` paths are resolved against the current working
+    directory (the repository root for the shipped configs and the Makefile) and stored absolute, so every
+    task of a run, in any process, sees the same folders.
     """
     source = str(path) if path is not None else "<config>"
     if data is None:
@@ -204,13 +215,10 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None,
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: expected a mapping at the top level")
     data = apply_overrides(data, list(overrides or []), source)
-    if path is not None:
-        base = Path(path).resolve().parent
-        ds = data.get("dataset")
-        if isinstance(ds, dict):
-            for key in ("root", "priors"):
-                if isinstance(ds.get(key), str) and not Path(ds[key]).is_absolute():
-                    ds[key] = str((base / ds[key]).resolve())
+    ds = data.get("dataset")
+    for node, key in ((ds, "root"), (ds, "priors"), (data, "store")):
+        if isinstance(node, dict) and isinstance(node.get(key), str) and node[key]:
+            node[key] = str(Path(node[key]).expanduser().resolve())
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:

@@ -74,14 +74,23 @@ def _selector(config: RunConfig, prior: AnomalyPrior, others: tuple[AnomalyPrior
     syn = config.synthesis
     if config.setting == "few_shot":
         label = rows.filter(pl.col("label_name") == prior.name)
+        support_ids = np.flatnonzero((rows["label_name"] == prior.name).to_numpy())
         regions = []
-        for i in np.flatnonzero((rows["label_name"] == prior.name).to_numpy()):
+        for i in support_ids:
             regions += extract_regions(arrays["images"][i], arrays["masks"][i], rows["image_id"][int(i)],
                                        syn.cutpaste)
         if not regions:
-            raise ValueError(f"category {prior.name!r}: no support defect region of at least "
-                             f"{syn.cutpaste.min_region_px} px in {label['image_id'].to_list()} "
-                             f"(synthesis.cutpaste.min_region_px)")
+            # every support defect is below min_region_px at this resolution (tiny blowholes at 256²):
+            # use the largest component instead of failing, and say so in the log.
+            tiny = syn.cutpaste.model_copy(update={"min_region_px": 1})
+            for i in support_ids:
+                regions += extract_regions(arrays["images"][i], arrays["masks"][i], rows["image_id"][int(i)], tiny)
+            regions = sorted(regions, key=lambda r: int(r.mask.sum()))[-1:]
+            print(f"{prior.name}: no support region of >= {syn.cutpaste.min_region_px} px; using the largest "
+                  f"({int(regions[0].mask.sum()) if regions else 0} px)")
+        if not regions:
+            raise ValueError(f"category {prior.name!r}: the support images {label['image_id'].to_list()} have "
+                             f"empty defect masks at image_size {config.image_size}")
         repaint = get_synthesizer("procedural" if backend in ("cutpaste", "procedural") else backend, syn)
         return lambda rng: selection.select_few_shot(
             normals, fgs, regions, prior, repaint, scorer, syn.masks_per_sample, syn.noise_factors, rng,

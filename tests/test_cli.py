@@ -45,9 +45,9 @@ def test_priors_validate_repository_files():
 
 
 def _config(tmp_path, root, store):
-    write_priors(tmp_path / "p.yaml", "widget", ["dent", "scratch"])
+    priors = write_priors(tmp_path / "p.yaml", "widget", ["dent", "scratch"])
     cfg = tmp_path / "run.yaml"
-    cfg.write_text(f"name: t\ndataset: {{kind: mvtec, root: {root}, image_class: widget, priors: p.yaml}}\n"
+    cfg.write_text(f"name: t\ndataset: {{kind: mvtec, root: {root}, image_class: widget, priors: {priors}}}\n"
                    f"store: {store}\n")
     return cfg
 

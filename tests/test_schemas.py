@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -66,7 +68,7 @@ def test_overrides_validated_like_the_file(tmp_path):
     f.write_text("dataset: {kind: mtd, root: data}\n")
     cfg = load_run_config(f, ["k_normal=4", "synthesis.noise_factors=[0.5]", "discriminator.iterations=10"])
     assert cfg.k_normal == 4 and cfg.synthesis.noise_factors == (0.5,) and cfg.discriminator.iterations == 10
-    assert cfg.dataset.root == str((tmp_path / "data").resolve())
+    assert cfg.dataset.root == str(Path("data").resolve())
     with pytest.raises(ConfigError, match=r"synthesis\.bogus"):
         load_run_config(f, ["synthesis.bogus=1"])
     with pytest.raises(ConfigError, match=r"k_normal.*'zero'"):
