@@ -10,15 +10,10 @@ from scipy import ndimage
 
 from schemas.config import CutPasteOptions, ProceduralOptions, SelectionConfig, SynthesisConfig
 from schemas.priors import AnomalyPrior, Appearance
+from uniadc.noise import fractal
 from uniadc.synthesis.base import CandidateScorer, SynthesisRequest, Synthesizer
 from uniadc.synthesis.cutpaste import SupportRegion, extract_regions, paste_region
-from uniadc.synthesis.procedural import (
-    ProceduralSynthesizer,
-    edge_sigma,
-    fractal,
-    halo_radius,
-    perlin,
-)
+from uniadc.synthesis.procedural import ProceduralSynthesizer, edge_sigma, halo_radius
 from uniadc.synthesis.registry import get_scorer, get_synthesizer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -52,35 +47,6 @@ def render(prior, images, masks, gammas, seed=0, options=None, donors=None, extr
         extras=extras or {},
     )
     return ProceduralSynthesizer(options).synthesize(request, np.random.default_rng(seed))
-
-
-# ---------------------------------------------------------------------------------------------- noise
-def test_perlin_matches_the_direct_formula():
-    def direct(h, w, ry, rx, rng):
-        a = rng.uniform(0, 2 * np.pi, (ry + 1, rx + 1))
-        gy, gx = np.sin(a), np.cos(a)
-        ys, xs = np.arange(h) * (ry / h), np.arange(w) * (rx / w)
-        yi, xi = ys.astype(int), xs.astype(int)
-        yf, xf = (ys - yi)[:, None], (xs - xi)[None]
-
-        def fade(t):
-            return t**3 * (t * (t * 6 - 15) + 10)
-
-        def corner(dy, dx):
-            iy, ix = (yi + dy)[:, None], (xi + dx)[None]
-            return gy[iy, ix] * (yf - dy) + gx[iy, ix] * (xf - dx)
-
-        u, v = fade(yf), fade(xf)
-        return np.sqrt(2) * (
-            (corner(0, 0) * (1 - v) + corner(0, 1) * v) * (1 - u)
-            + (corner(1, 0) * (1 - v) + corner(1, 1) * v) * u
-        )
-
-    ours = perlin(37, 53, 3, 7, np.random.default_rng(4))
-    np.testing.assert_allclose(ours, direct(37, 53, 3, 7, np.random.default_rng(4)), atol=1e-5)
-    assert ours.dtype == np.float32 and np.abs(ours).max() <= 1.0 + 1e-5 and ours.std() > 0.1
-    with pytest.raises(ValueError, match="positive"):
-        perlin(0, 4, 1, 1, np.random.default_rng(0))
 
 
 # ---------------------------------------------------------------------------------------------- procedural

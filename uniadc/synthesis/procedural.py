@@ -31,6 +31,7 @@ from scipy import ndimage
 
 from schemas.config import ProceduralOptions
 from schemas.priors import Appearance
+from uniadc.noise import fractal, perlin
 from uniadc.synthesis.base import SynthesisRequest
 
 SHARP_SIGMA_PX = 0.5
@@ -48,55 +49,6 @@ def edge_sigma(edge: str, feather_px: float) -> float:
 def halo_radius(sigma: float) -> int:
     """Chebyshev radius beyond which a feathered mask has exactly zero alpha (scipy's kernel radius)."""
     return int(TRUNCATE * sigma + 0.5) if sigma > 0 else 0
-
-
-def perlin(height: int, width: int, res_y: int, res_x: int, rng: np.random.Generator) -> np.ndarray:
-    """2-D gradient (Perlin) noise.
-
-    Args:
-        height: output rows.
-        width: output columns.
-        res_y: lattice cells along the rows (>= 1).
-        res_x: lattice cells along the columns (>= 1).
-        rng: generator for the lattice gradients.
-
-    Returns:
-        (height, width) float32 noise, roughly in [-1, 1], zero mean in expectation.
-    """
-    if height < 1 or width < 1 or res_y < 1 or res_x < 1:
-        raise ValueError(f"perlin needs positive sizes, got {(height, width, res_y, res_x)}")
-    angles = rng.uniform(0.0, 2.0 * np.pi, (res_y + 1, res_x + 1))
-    gy, gx = np.sin(angles).astype(np.float32), np.cos(angles).astype(np.float32)
-    # Separable evaluation: interpolate the lattice along rows, then along columns (no BLAS; each output pixel
-    # mixes its 2 x 2 lattice neighbours with faded weights, each gradient dotted with the offset to it).
-    iy, fy, uy = _axis(height, res_y)
-    ix, fx, ux = _axis(width, res_x)
-    along_y = gy[iy] * ((1 - uy) * fy)[:, None] + gy[iy + 1] * (uy * (fy - 1))[:, None]
-    plain_y = gx[iy] * (1 - uy)[:, None] + gx[iy + 1] * uy[:, None]
-    noise = along_y[:, ix] * (1 - ux) + along_y[:, ix + 1] * ux
-    noise += plain_y[:, ix] * ((1 - ux) * fx) + plain_y[:, ix + 1] * (ux * (fx - 1))
-    return np.float32(np.sqrt(2.0)) * noise
-
-
-def _axis(n: int, res: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Cell index, offset in the cell and faded offset of ``n`` samples over ``res`` cells (float32)."""
-    pos = np.arange(n, dtype=np.float32) * np.float32(res / n)
-    idx = np.minimum(pos.astype(np.int64), res - 1)
-    frac = pos - idx.astype(np.float32)
-    return idx, frac, frac * frac * frac * (frac * (frac * 6 - 15) + 10)
-
-
-def fractal(
-    height: int, width: int, res_y: int, res_x: int, octaves: int, rng: np.random.Generator
-) -> np.ndarray:
-    """Sum of ``octaves`` Perlin layers, each twice the frequency and half the amplitude; (h, w) float32."""
-    total = np.zeros((height, width), np.float32)
-    amp, norm = 1.0, 0.0
-    for k in range(octaves):
-        total += amp * perlin(height, width, res_y * 2**k, res_x * 2**k, rng)
-        norm += amp
-        amp *= 0.5
-    return total / norm
 
 
 def resolve_appearance(appearance: Appearance | None, rng: np.random.Generator) -> Appearance:
