@@ -31,9 +31,14 @@ def outline(mask: np.ndarray, width: int = 1) -> np.ndarray:
     return mask & ~eroded
 
 
-def draw_outline(image: np.ndarray, mask: np.ndarray, colour=(255, 0, 0)) -> np.ndarray:
-    """Copy of (H, W, 3) uint8 ``image`` with the outline of ``mask`` drawn in ``colour``."""
+def draw_outline(image: np.ndarray, mask: np.ndarray, colour=(255, 0, 0), pad: int = 0) -> np.ndarray:
+    """Copy of (H, W, 3) uint8 ``image`` with the outline of ``mask`` drawn in ``colour``.
+
+    ``pad`` > 0 outlines the mask dilated by that many pixels, so thin defects stay visible inside the line.
+    """
     out = image.copy()
+    if pad > 0 and mask.any():
+        mask = ndimage.binary_dilation(mask, iterations=pad)
     out[outline(mask, width=max(1, image.shape[0] // 128))] = colour
     return out
 

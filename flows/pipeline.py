@@ -1,0 +1,68 @@
+"""Flows ``train``, ``evaluate`` and ``pipeline`` (= regenerate -> train -> evaluate -> report), every stage cached."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+from prefect import flow
+from prefect.artifacts import create_table_artifact
+
+from flows.data import run_split
+from flows.regenerate import run_regenerate, run_support
+from schemas.config import RunConfig
+from schemas.manifests import Manifest
+from storage.priors import load_run_priors
+from tasks.common import key_from_params, stage_cache_policy
+from tasks.evaluate import evaluate_key, evaluate_model
+from tasks.report import write_report
+from tasks.train import train_key, train_model
+from uniadc.metrics import METRIC_COLUMNS, format_metrics_table
+
+
+def run_train(config: RunConfig, support: Manifest, samples: list[Manifest]) -> Manifest:
+    priors = load_run_priors(config)
+    key = train_key(config, priors, support, samples)
+    policy = stage_cache_policy(key_from_params, config.store)
+    return train_model.with_options(cache_policy=policy).submit(config, priors, support, samples, key).result()
+
+
+def run_evaluate(config: RunConfig, split: Manifest, model: Manifest) -> Manifest:
+    priors = load_run_priors(config)
+    key = evaluate_key(config, split, model)
+    policy = stage_cache_policy(key_from_params, config.store)
+    manifest = evaluate_model.with_options(cache_policy=policy).submit(config, priors, split, model, key).result()
+    table = pl.read_parquet(Path(manifest.run_dir) / manifest.uris["metrics"])
+    create_table_artifact([{k: (round(100 * v, 2) if k in METRIC_COLUMNS else v) for k, v in row.items()}
+                           for row in table.iter_rows(named=True)],
+                          description=f"metrics (percent) of {config.name}")
+    print(format_metrics_table(table))
+    return manifest
+
+
+@flow(name="train", log_prints=True)
+def train_flow(config: RunConfig) -> Manifest:
+    """Train on the regenerate outputs (recomputed only when missing or stale)."""
+    support = run_support(config, run_split(config))
+    return run_train(config, support, run_regenerate(config, support))
+
+
+@flow(name="evaluate", log_prints=True)
+def evaluate_flow(config: RunConfig) -> Manifest:
+    split = run_split(config)
+    support = run_support(config, split)
+    return run_evaluate(config, split, run_train(config, support, run_regenerate(config, support)))
+
+
+@flow(name="pipeline", log_prints=True)
+def pipeline_flow(config: RunConfig) -> dict[str, Manifest]:
+    """regenerate -> train -> evaluate -> report.html; returns the manifests of every stage."""
+    split = run_split(config)
+    support = run_support(config, split)
+    samples = run_regenerate(config, support)
+    model = run_train(config, support, samples)
+    evaluation = run_evaluate(config, split, model)
+    report = write_report(config, load_run_priors(config), split, support, samples, model, evaluation)
+    print(f"report: {report}")
+    return {"split": split, "support": support, "model": model, "evaluate": evaluation,
+            **{f"samples/{m.key}": m for m in samples}}

@@ -1,0 +1,116 @@
+"""Stage ``train``: the multi-task discriminator on support normals + selected synthetic defects.
+
+Training data: the real normal support images, every selected synthetic sample of every category (with its
+class mask), and in few-shot the real anomaly support images (kept in every batch). With
+``discriminator.open_set`` a set of class-agnostic synthetic anomalies (all mask types, random appearance) is
+added under the extra "other" class. No test image is read here. The model kept is the last iteration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from prefect import task
+
+from schemas.config import RunConfig
+from schemas.manifests import Manifest
+from schemas.priors import AnomalyPrior, PriorsFile
+from storage.arrays import open_group, read_samples
+from storage.checkpoints import load_discriminator, save_discriminator
+from storage.layout import RunLayout
+from tasks.common import cache_key
+from uniadc.discriminator import Discriminator, TrainingData, build_discriminator, restore_discriminator
+from uniadc.discriminator import train_discriminator as fit
+
+STAGE = "train"
+STAGE_VERSION = "1"
+OPEN_SET_SAMPLES = 16
+
+
+def train_key(config: RunConfig, priors: PriorsFile, support: Manifest, samples: Sequence[Manifest]) -> str:
+    texts = "|".join(p.model_dump_json(include={"name", "descriptions"}) for p in priors.categories)
+    return cache_key(STAGE, STAGE_VERSION, support.content_hash, *(m.content_hash for m in samples), texts,
+                     config.discriminator.model_dump_json(), str(config.seed), str(config.image_size),
+                     config.setting)
+
+
+def load_training_data(root: Path, support: Manifest, samples: Sequence[Manifest], few_shot: bool) -> TrainingData:
+    """Read the training arrays of a run through its manifests."""
+    group = open_group(root / support.uris["zarr"])
+    rows = pl.read_parquet(root / support.uris["rows"])
+    labels = rows["label_index"].to_numpy()
+    idx_normal = np.flatnonzero(labels == 0)
+    idx_real = np.flatnonzero(labels > 0) if few_shot else np.zeros(0, np.int64)
+    normals = read_samples(group, "images", idx_normal)
+    images, masks, real = [], [], []
+    for m in samples:
+        g = open_group(root / m.uris["zarr"])
+        idx = np.arange(m.counts["samples"])
+        images.append(read_samples(g, "images", idx))
+        masks.append(read_samples(g, "class_masks", idx))
+        real.append(np.zeros(len(idx), bool))
+    if len(idx_real):
+        images.append(read_samples(group, "images", idx_real))
+        masks.append(read_samples(group, "class_masks", idx_real))
+        real.append(np.ones(len(idx_real), bool))
+    return TrainingData(normals=normals, anomalies=np.concatenate(images), anomaly_masks=np.concatenate(masks),
+                        anomaly_is_real=np.concatenate(real))
+
+
+def class_agnostic_anomalies(config: RunConfig, normals: np.ndarray, foregrounds: np.ndarray,
+                             other_label: int) -> tuple[np.ndarray, np.ndarray]:
+    """Open-set training data: anomalies of every mask type and a random appearance, labelled ``other_label``."""
+    from uniadc.selection import select_zero_shot
+    from uniadc.synthesis.registry import get_scorer, get_synthesizer
+
+    prior = AnomalyPrior(name="other", descriptions=("an anomaly",))
+    synthesizer = get_synthesizer("procedural", config.synthesis)
+    scorer = get_scorer("mask_fidelity", config.selection)
+    images, masks = [], []
+    for i in range(OPEN_SET_SAMPLES):
+        rng = np.random.default_rng([config.seed, zlib.crc32(b"open-set"), i])
+        s = select_zero_shot(normals, foregrounds, prior, (), synthesizer, scorer, 4, config.synthesis.noise_factors,
+                             rng)
+        images.append(s.image)
+        masks.append(s.mask.astype(np.uint8) * other_label)
+    return np.stack(images), np.stack(masks)
+
+
+def load_model(path: str | Path) -> Discriminator:
+    ckpt = load_discriminator(path)
+    return restore_discriminator(ckpt.state, ckpt.config, ckpt.category_texts, ckpt.image_size, ckpt.seed,
+                                 ckpt.backbone_sha256)
+
+
+@task(name="train", persist_result=True)
+def train_model(config: RunConfig, priors: PriorsFile, support: Manifest, samples: list[Manifest],
+                key: str) -> Manifest:
+    """Train the discriminator for ``discriminator.iterations`` and save the last iteration."""
+    layout = RunLayout.for_config(config.store, config.name)
+    data = load_training_data(layout.root, support, samples, few_shot=config.setting == "few_shot")
+    if config.discriminator.open_set:
+        group = open_group(layout.root / support.uris["zarr"])
+        labels = pl.read_parquet(layout.root / support.uris["rows"])["label_index"].to_numpy()
+        fgs = read_samples(group, "foregrounds", np.flatnonzero(labels == 0))
+        extra, extra_masks = class_agnostic_anomalies(config, data.normals, fgs, len(priors.categories) + 1)
+        real = data.anomaly_is_real if data.anomaly_is_real is not None else np.zeros(len(data.anomalies), bool)
+        data = TrainingData(normals=data.normals, anomalies=np.concatenate([data.anomalies, extra]),
+                            anomaly_masks=np.concatenate([data.anomaly_masks, extra_masks]),
+                            anomaly_is_real=np.concatenate([real, np.zeros(len(extra), bool)]))
+    model = build_discriminator(config.discriminator, [list(p.descriptions) for p in priors.categories],
+                                config.image_size, config.seed)
+    history = fit(model, data, config.discriminator, config.seed)
+    out = layout.stage_dir(STAGE, key) / "model.safetensors"
+    save_discriminator(out, model)
+    digest = hashlib.sha256(Path(out).read_bytes()).hexdigest()
+    return Manifest(stage=STAGE, run_dir=str(layout.root),
+                    uris={"checkpoint": str(out.relative_to(layout.root))},
+                    counts={"iterations": len(history), "normals": len(data.normals),
+                            "anomalies": len(data.anomalies),
+                            "final_loss_milli": int(round(1000 * float(np.mean(history[-10:]))))},
+                    content_hash=digest, cache_key=key)
