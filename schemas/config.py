@@ -103,10 +103,11 @@ class SelectionConfig(_Frozen):
 
     scorer: Literal["auto", "mask_fidelity", "ssim", "clip-region"] = "auto"
     clip_model: str = "ViT-B-16"
-    clip_weights: str | None = Field(default=None, description="local open_clip / AlphaCLIP checkpoint")
-    alpha_clip_weights: str | None = Field(default=None, description="local AlphaCLIP visual checkpoint (.pth)")
+    clip_weights: str | None = Field(default=None, description="local open_clip checkpoint file")
+    alpha_clip_weights: str | None = Field(default=None, description="AlphaCLIP visual checkpoint (.pth)")
     region_prompt: Literal["auto", "alpha", "blur", "dim"] = Field(
-        default="auto", description="how clip-region points at the mask (auto: alpha with AlphaCLIP weights, else blur)")
+        default="auto", description="how clip-region points at the mask (auto: alpha if AlphaCLIP, else blur)"
+    )
     device: str = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     max_batch: int = Field(default=32, ge=1)
