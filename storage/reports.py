@@ -1,0 +1,58 @@
+"""Metric report files: the table of ``uniadc.metrics.metrics_table`` written atomically to Parquet."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from schemas.tables import METRICS
+
+
+def write_metrics_table(table: pl.DataFrame, path: str | Path) -> Path:
+    """Writes a metrics table to ``path`` (a ``.parquet`` file) with the ``schemas.tables.METRICS`` schema.
+
+    The file is written to a temporary sibling and moved into place with ``os.replace``, so readers see either
+    the previous file or the complete new one, never a partial write.
+
+    Args:
+        table: Columns of ``METRICS`` (any order), e.g. from ``uniadc.metrics.metrics_table``.
+        path: Target file; its folder is created if missing.
+
+    Returns:
+        The written path.
+
+    Raises:
+        ValueError: if the columns differ from the schema's or a column cannot be cast to its type.
+    """
+    path = Path(path)
+    if path.suffix != ".parquet":
+        raise ValueError(f"path must end in .parquet, got {str(path)!r}")
+    if set(table.columns) != set(METRICS.names):
+        raise ValueError(f"table columns must be {METRICS.names}, got {table.columns}")
+    try:
+        arrow = table.select(METRICS.names).to_arrow().cast(METRICS)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+        raise ValueError(f"table does not fit the METRICS schema: {err}") from err
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(arrow, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_metrics_table(path: str | Path) -> pl.DataFrame:
+    """Reads a table written by :func:`write_metrics_table`, checking it against ``METRICS``."""
+    arrow = pq.read_table(path)
+    if not arrow.schema.equals(METRICS):
+        raise ValueError(f"{path} does not hold the METRICS schema: {arrow.schema}")
+    return pl.from_arrow(arrow)
