@@ -20,7 +20,9 @@ from rich.table import Table  # noqa: E402
 
 from schemas.config import ConfigError, RunConfig, load_run_config  # noqa: E402
 from schemas.priors import PriorsError, load_priors  # noqa: E402
+from storage.checkpoints import CheckpointError  # noqa: E402
 from storage.errors import DataError, StoreError  # noqa: E402
+from uniadc.synthesis.runtime import WeightsError  # noqa: E402
 
 app = typer.Typer(help="uniadc: unified anomaly detection and classification pipeline.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -31,7 +33,7 @@ app.add_typer(data_app, name="data")
 console = Console()
 err = Console(stderr=True)
 
-USER_ERRORS = (ConfigError, PriorsError, DataError, StoreError)
+USER_ERRORS = (ConfigError, PriorsError, DataError, StoreError, WeightsError, CheckpointError)
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="run config YAML")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override: dotted.key=value (repeatable)")]
@@ -70,6 +72,15 @@ def preflight(config: RunConfig) -> None:
     from storage.validate import check_records
 
     priors = load_run_priors(config)
+    backend = config.synthesis.resolved_backend(config.setting)
+    if backend in ("sd-inpaint", "brushnet"):
+        from uniadc.synthesis.diffusion import check_weights
+
+        check_weights(backend, config.synthesis.diffusion)
+    if config.selection.resolved_scorer(backend) == "clip-region":
+        from uniadc.selection_clip import check_weights as check_clip
+
+        check_clip(config.selection)
     records = scan_dataset(config.dataset.kind, config.dataset.root, config.dataset.image_class, priors.names)
     with progress() as bar:
         job = bar.add_task(f"checking {len(records)} images", total=len(records))
@@ -156,6 +167,64 @@ def regenerate(config: ConfigOpt, store: StoreOpt = None, overrides: SetOpt = No
     from flows.regenerate import regenerate_flow
 
     regenerate_flow(cfg)
+
+
+@app.command("run")
+@user_errors
+def run(config: ConfigOpt, store: StoreOpt = None, overrides: SetOpt = None) -> None:
+    """The whole pipeline: split -> support -> regenerate -> train -> evaluate -> report.html."""
+    cfg = load_config(config, overrides, store)
+    preflight(cfg)
+    from flows.pipeline import pipeline_flow
+
+    pipeline_flow(cfg)
+
+
+@app.command("predict")
+@user_errors
+def predict_cmd(
+    model: Annotated[Path, typer.Option(help="run folder (or a model.safetensors file)")],
+    images: Annotated[Path, typer.Option(help="folder of images to predict")],
+    out: Annotated[Path, typer.Option(help="output folder")],
+    threshold: Annotated[float, typer.Option(help="anomaly threshold on the sigmoid map")] = 0.5,
+) -> None:
+    """Anomaly maps, class maps and overlay PNGs (colour per class, legend) for a folder of images."""
+    import polars as pl
+
+    from storage.checkpoints import load_discriminator
+    from storage.images import read_image
+    from storage.parquet import write_table_atomic
+    from storage.prediction_io import find_checkpoint, list_images, write_prediction
+    from uniadc.discriminator import predict, restore_discriminator
+    from uniadc.visualize import heatmap, overlay, with_legend
+
+    if not 0.0 < threshold < 1.0:
+        raise ConfigError(f"--threshold: must be in (0, 1), got {threshold}")
+    path = find_checkpoint(model)
+    files = list_images(images)
+    ckpt = load_discriminator(path)
+    net = restore_discriminator(ckpt.state, ckpt.config, ckpt.category_texts, ckpt.image_size, ckpt.seed,
+                                ckpt.backbone_sha256)
+    names = ["normal", *(texts[0] for texts in ckpt.category_texts)]
+    if ckpt.config.open_set:
+        names.append("other")
+    rows = []
+    with progress() as bar:
+        job = bar.add_task(f"predicting {len(files)} images", total=len(files))
+        for f in files:
+            image = read_image(f)
+            pred = predict(net, image[None], threshold, batch_size=1)
+            cls = int(pred.image_classes[0])
+            view = with_legend(overlay(image, pred.class_maps[0]), names, title=f"predicted: {names[cls]}")
+            write_prediction(out, f.stem, pred.anomaly_maps[0], pred.class_maps[0], heatmap(pred.anomaly_maps[0]),
+                             view)
+            rows.append({"image": f.name, "image_score": float(pred.image_scores[0]), "class_index": cls,
+                         "class_name": names[cls]})
+            bar.advance(job)
+    write_table_atomic(pl.DataFrame(rows).to_arrow(), out / "predictions.parquet")
+    for r in rows:
+        console.print(f"{r['image']}: score {r['image_score']:.3f} -> {r['class_name']}", highlight=False)
+    console.print(f"wrote {len(rows)} predictions to {out} (checkpoint {path})", highlight=False)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -198,7 +198,7 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None,
                     data: dict[str, Any] | None = None) -> RunConfig:
     """Read a run YAML (or raw ``data``), apply overrides, validate.
 
-    Relative ``dataset.root`` / ``dataset.priors`` / ``store`` paths are resolved against the current working
+    Relative paths (``dataset.root``, ``dataset.priors``, ``store`` and every weights path) are resolved against the current working
     directory (the repository root for the shipped configs and the Makefile) and stored absolute, so every
     task of a run, in any process, sees the same folders.
     """
@@ -216,8 +216,11 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None,
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: expected a mapping at the top level")
     data = apply_overrides(data, list(overrides or []), source)
-    ds = data.get("dataset")
-    for node, key in ((ds, "root"), (ds, "priors"), (data, "store")):
+    ds, syn, sel, disc = (data.get(k) for k in ("dataset", "synthesis", "selection", "discriminator"))
+    diff = syn.get("diffusion") if isinstance(syn, dict) else None
+    for node, key in ((ds, "root"), (ds, "priors"), (data, "store"), (diff, "pipeline_path"),
+                      (diff, "brushnet_path"), (diff, "brushnet_random_mask_path"), (sel, "clip_weights"),
+                      (sel, "alpha_clip_weights"), (disc, "clip_weights")):
         if isinstance(node, dict) and isinstance(node.get(key), str) and node[key]:
             node[key] = str(Path(node[key]).expanduser().resolve())
     try:

@@ -10,6 +10,7 @@ the samples an uninterrupted run would have.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import zlib
 
@@ -17,7 +18,7 @@ import numpy as np
 import polars as pl
 from prefect import task
 
-from schemas.config import RunConfig
+from schemas.config import RunConfig, SynthesisConfig
 from schemas.manifests import Manifest
 from schemas.priors import AnomalyPrior, PriorsFile
 from schemas.tables import SAMPLES
@@ -59,12 +60,20 @@ def _load_support(layout: RunLayout, support: Manifest) -> tuple[dict[str, np.nd
     return {name: read_samples(group, name, idx) for name in ("images", "masks", "foregrounds")}, rows
 
 
+@functools.lru_cache(maxsize=4)
+def _synthesizer(name: str, synthesis_json: str):
+    """One backend per process and configuration: diffusion pipelines load once, not once per category."""
+    from uniadc.synthesis.registry import get_synthesizer
+
+    return get_synthesizer(name, SynthesisConfig.model_validate_json(synthesis_json))
+
+
 def _selector(config: RunConfig, prior: AnomalyPrior, others: tuple[AnomalyPrior, ...],
               arrays: dict[str, np.ndarray], rows: pl.DataFrame):
     """A function rng -> SelectedSample for this category and setting."""
     from uniadc import selection
     from uniadc.synthesis.cutpaste import extract_regions
-    from uniadc.synthesis.registry import get_scorer, get_synthesizer
+    from uniadc.synthesis.registry import get_scorer
 
     backend = config.synthesis.resolved_backend(config.setting)
     scorer = get_scorer(config.selection.resolved_scorer(backend), config.selection)
@@ -72,6 +81,8 @@ def _selector(config: RunConfig, prior: AnomalyPrior, others: tuple[AnomalyPrior
     normal = labels == 0
     normals, fgs = arrays["images"][normal], arrays["foregrounds"][normal]
     syn = config.synthesis
+    # diffusion backends render a sample's candidates in one call (they split on OOM themselves)
+    batch = syn.masks_per_sample * len(syn.noise_factors) if backend in ("sd-inpaint", "brushnet") else 32
     if config.setting == "few_shot":
         label = rows.filter(pl.col("label_name") == prior.name)
         support_ids = np.flatnonzero((rows["label_name"] == prior.name).to_numpy())
@@ -91,15 +102,17 @@ def _selector(config: RunConfig, prior: AnomalyPrior, others: tuple[AnomalyPrior
         if not regions:
             raise ValueError(f"category {prior.name!r}: the support images {label['image_id'].to_list()} have "
                              f"empty defect masks at image_size {config.image_size}")
-        repaint = get_synthesizer("procedural" if backend in ("cutpaste", "procedural") else backend, syn)
+        repaint = _synthesizer("procedural" if backend in ("cutpaste", "procedural") else backend,
+                               syn.model_dump_json())
         return lambda rng: selection.select_few_shot(
             normals, fgs, regions, prior, repaint, scorer, syn.masks_per_sample, syn.noise_factors, rng,
-            syn.cutpaste, other_priors=others)
+            syn.cutpaste, other_priors=others, batch_size=batch)
     if backend == "cutpaste":
         raise ValueError("synthesis.backend: 'cutpaste' needs real anomalies (setting few_shot)")
-    synthesizer = get_synthesizer(backend, syn)
+    synthesizer = _synthesizer(backend, syn.model_dump_json())
     return lambda rng: selection.select_zero_shot(
-        normals, fgs, prior, others, synthesizer, scorer, syn.masks_per_sample, syn.noise_factors, rng)
+        normals, fgs, prior, others, synthesizer, scorer, syn.masks_per_sample, syn.noise_factors, rng,
+        batch_size=batch)
 
 
 def committed(rows_dir) -> pl.DataFrame:

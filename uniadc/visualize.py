@@ -96,3 +96,30 @@ def contact_sheet(rows: Sequence[tuple[str, np.ndarray, np.ndarray]], tile: int 
             x = label_w + gap + c * (tile + gap)
             sheet[y:y + tile, x:x + tile] = draw_outline(img, msk)
     return sheet
+
+
+def with_legend(image: np.ndarray, names: Sequence[str], title: str = "") -> np.ndarray:
+    """``image`` with a legend strip below it: one colour swatch per class name (index = position)."""
+    font = ImageFont.load_default()
+    row_h = 14
+    lines = ([title] if title else []) + list(names)
+    strip = Image.new("RGB", (image.shape[1], row_h * len(lines) + 4), (255, 255, 255))
+    draw = ImageDraw.Draw(strip)
+    y = 2
+    if title:
+        draw.text((4, y), title, fill=(0, 0, 0), font=font)
+        y += row_h
+    for i, name in enumerate(names):
+        draw.rectangle((4, y + 2, 14, y + 12), fill=class_colour(i), outline=(120, 120, 120))
+        draw.text((18, y), name, fill=(0, 0, 0), font=font)
+        y += row_h
+    return np.concatenate([image, np.asarray(strip)], axis=0)
+
+
+def heatmap(anomaly_map: np.ndarray) -> np.ndarray:
+    """(H, W) float in [0, 1] -> (H, W, 3) uint8, dark blue (0) through red (1)."""
+    a = np.clip(anomaly_map, 0.0, 1.0)
+    r = np.clip(2 * a, 0, 1)
+    g = np.clip(1 - np.abs(2 * a - 1), 0, 1) * 0.8
+    b = np.clip(1 - 2 * a, 0, 1)
+    return np.round(np.stack([r, g, b], axis=-1) * 255).astype(np.uint8)
