@@ -29,14 +29,17 @@ demo: $(STAMP)
 	$(BIN)/uniadc data demo --root $(DEMO_ROOT)
 	$(BIN)/uniadc priors validate priors $(DEMO_ROOT)
 	$(BIN)/uniadc data inspect --kind demo --root $(DEMO_ROOT) --image-class brick
-	$(BIN)/uniadc data split --config configs/demo.yaml --set store=$(DEMO_STORE)
+	$(BIN)/uniadc run --config configs/demo.yaml --store $(DEMO_STORE)
+	@echo "report: $(DEMO_STORE)/demo-brick/report.html   contact sheet: $(DEMO_STORE)/demo-brick/contact_sheet.png"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	@for b in benchmarks/metrics.py benchmarks/masks.py benchmarks/synthesis.py benchmarks/regenerate.py benchmarks/gpu_synthesis.py; do \
-		if [ -f $$b ]; then echo "== $$b"; $(BIN)/python $$b $(BENCH_ARGS) || exit $$?; fi; done
+	$(BIN)/python benchmarks/metrics.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/masks.py
+	$(BIN)/python benchmarks/regenerate.py
+	$(BIN)/python benchmarks/gpu_synthesis.py --cpu-overhead
 
 bench-mtd: $(STAMP)
 	$(BIN)/python benchmarks/mtd.py

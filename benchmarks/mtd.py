@@ -1,0 +1,184 @@
+"""The MTD benchmark against the paper's UniADC(CLIP) row (``make bench-mtd``).
+
+Settings: zero-shot k_normal in {1, 2, 4}; few-shot (k_normal, k_anomaly) in {(1,1), (2,1), (2,2), (4,1)}; three
+seeds each; test = every MTD image outside the support set. Each run executes the pipeline stages (split ->
+support -> regenerate -> train -> evaluate) as plain functions (the Prefect tasks' bodies, no API server), and
+in the same run an ablation without synthesis: the discriminator trained on the support set alone (few-shot
+only: zero-shot support has no anomaly to train on, so that ablation is undefined and reported as such).
+
+Writes ``benchmarks/results/mtd.md`` (table, command, date, git SHA, package versions) and
+``benchmarks/results/mtd.json`` (list of {setting, k_normal, k_anomaly, seeds, i_auc, ..., miou_std, wall_s},
+metrics in percent).
+
+Usage: ``python benchmarks/mtd.py [--only zero_shot:2] [--seeds 0 1 2] [--iterations 250] [--jobs 2]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+for _k, _v in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("OMP_NUM_THREADS", "1"),
+               ("OPENBLAS_NUM_THREADS", "1"), ("MKL_NUM_THREADS", "1")):
+    os.environ.setdefault(_k, _v)
+
+ROOT = Path(__file__).resolve().parents[1]
+MTD = ROOT.parent / "shared" / "datasets" / "mtd"
+RESULTS = ROOT / "benchmarks" / "results"
+METRICS = ("i_auc", "p_auc", "pro", "acc", "miou")
+SETTINGS = [("zero_shot", 1, 0), ("zero_shot", 2, 0), ("zero_shot", 4, 0), ("few_shot", 1, 1), ("few_shot", 2, 1),
+            ("few_shot", 2, 2), ("few_shot", 4, 1)]
+# The paper's UniADC(CLIP) MTD rows (shared/notes/paper-mtd.md): I-AUC, P-AUC, PRO, Acc, mIoU in percent.
+PAPER = {
+    ("zero_shot", 1, 0): (86.19, 80.80, 77.69, 55.82, 27.92),
+    ("zero_shot", 2, 0): (90.31, 82.92, 78.99, 62.87, 30.56),
+    ("zero_shot", 4, 0): (90.88, 84.88, 79.81, 63.98, 31.29),
+    ("few_shot", 1, 1): (88.49, 82.41, 77.41, 60.81, 34.80),
+    ("few_shot", 2, 1): (90.70, 84.49, 80.71, 63.78, 35.58),
+    ("few_shot", 2, 2): (93.15, 86.20, 83.36, 71.34, 37.05),
+    ("few_shot", 4, 1): (92.74, 84.98, 82.15, 64.40, 35.86),
+}
+
+
+def run_one(setting: str, k_normal: int, k_anomaly: int, seed: int, iterations: int, store: str,
+            ablation: bool) -> dict:
+    """One seed of one setting; returns metrics (fractions) for UniADC and, when asked, the ablation."""
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(1)
+    from schemas.config import load_run_config
+    from storage.priors import load_run_priors
+    from tasks.evaluate import evaluate_key, evaluate_model
+    from tasks.regenerate import category_key, regenerate_category
+    from tasks.split import split_dataset, split_key
+    from tasks.support import prepare_support, support_key
+    from tasks.train import train_key, train_model
+
+    name = f"{setting}-n{k_normal}-a{k_anomaly}-s{seed}"
+    cfg = load_run_config(None, data={
+        "name": name, "dataset": {"kind": "mtd", "root": str(MTD)}, "setting": setting, "k_normal": k_normal,
+        "k_anomaly": k_anomaly, "seed": seed, "image_size": 256, "store": store,
+        "discriminator": {"iterations": iterations, "num_threads": 1}})
+    t0 = time.perf_counter()
+    priors = load_run_priors(cfg)
+    split = split_dataset.fn(cfg, split_key(cfg))
+    support = prepare_support.fn(cfg, split, support_key(cfg, split))
+    samples = [regenerate_category.fn(cfg, priors, c, support, category_key(cfg, priors, c, support))
+               for c in priors.names]
+    t_syn = time.perf_counter() - t0
+    model = train_model.fn(cfg, priors, support, samples, train_key(cfg, priors, support, samples))
+    evaluation = evaluate_model.fn(cfg, priors, split, model, evaluate_key(cfg, split, model))
+    import polars as pl
+
+    row = pl.read_parquet(Path(evaluation.run_dir) / evaluation.uris["metrics"]).row(0, named=True)
+    out = {"uniadc": {m: row[m] for m in METRICS}, "test": evaluation.counts["test"], "synthesis_s": t_syn}
+    if ablation and setting == "few_shot":
+        model0 = train_model.fn(cfg, priors, support, [], train_key(cfg, priors, support, []))
+        ev0 = evaluate_model.fn(cfg, priors, split, model0, evaluate_key(cfg, split, model0))
+        row0 = pl.read_parquet(Path(ev0.run_dir) / ev0.uris["metrics"]).row(0, named=True)
+        out["no_synthesis"] = {m: row0[m] for m in METRICS}
+    out["wall_s"] = time.perf_counter() - t0
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    del np
+    return out
+
+
+def _summary(runs: list[dict], key: str) -> dict:
+    import numpy as np
+
+    vals = {m: [100 * r[key][m] for r in runs if key in r] for m in METRICS}
+    if not vals["i_auc"]:
+        return {}
+    return {**{m: float(np.mean(v)) for m, v in vals.items()}, **{f"{m}_std": float(np.std(v)) for m, v in vals.items()}}
+
+
+def _fmt(s: dict) -> str:
+    return " | ".join(f"{s[m]:.2f} ± {s[m + '_std']:.2f}" for m in METRICS) if s else "n/a | n/a | n/a | n/a | n/a"
+
+
+def _versions() -> str:
+    from storage.layout import git_sha, package_versions
+
+    v = package_versions()
+    return git_sha(), ", ".join(f"{k} {v[k]}" for k in sorted(v))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", default=None,
+                        help="settings as zero_shot:K or few_shot:K:A (default: all seven)")
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    parser.add_argument("--iterations", type=int, default=250)
+    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one process each)")
+    parser.add_argument("--no-ablation", action="store_true")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    if not MTD.is_dir():
+        sys.exit(f"MTD not found at {MTD}: this benchmark reads the dataset from ../shared/datasets/mtd")
+    settings = SETTINGS
+    if args.only:
+        wanted = {tuple([s.split(":")[0], *map(int, s.split(":")[1:])]) for s in args.only}
+        settings = [s for s in SETTINGS if (s[0], s[1]) in wanted or s in wanted]
+    store = tempfile.mkdtemp(prefix="uniadc-mtd-")
+    results = []
+    print(f"MTD benchmark: {len(settings)} settings x seeds {args.seeds}, {args.iterations} iterations, "
+          f"{args.jobs} parallel runs, store {store}", flush=True)
+    for setting, kn, ka in settings:
+        t = time.perf_counter()
+        with ProcessPoolExecutor(args.jobs) as pool:
+            runs = list(pool.map(run_one, *zip(*[(setting, kn, ka, s, args.iterations, store, not args.no_ablation)
+                                                for s in args.seeds])))
+        wall = time.perf_counter() - t
+        ours, abl = _summary(runs, "uniadc"), _summary(runs, "no_synthesis")
+        paper = PAPER[(setting, kn, ka)]
+        peak = max(r["peak_rss_mb"] for r in runs)
+        results.append({"setting": setting, "k_normal": kn, "k_anomaly": ka, "seeds": args.seeds, **ours,
+                        "wall_s": round(wall, 1), "peak_rss_mb": round(peak), "test_images": runs[0]["test"],
+                        "paper_clip": dict(zip(METRICS, paper, strict=True)),
+                        "no_synthesis": abl or None})
+        print(f"{setting} k_normal={kn} k_anomaly={ka}: ours {_fmt(ours)} | paper(CLIP) "
+              f"{' | '.join(f'{p:.2f}' for p in paper)} | w/o synthesis {_fmt(abl)} | wall {wall:.0f} s, "
+              f"peak RSS {peak:.0f} MB per process", flush=True)
+    write_results(results, args)
+
+
+def write_results(results: list[dict], args) -> None:
+    sha, versions = _versions()
+    args.out.mkdir(parents=True, exist_ok=True)
+    lines = [
+        "# MTD benchmark: uniadc (offline default: procedural/cut-paste synthesis, EfficientNet-Lite0 + MiniLM)",
+        "",
+        f"- command: `python benchmarks/mtd.py {' '.join(sys.argv[1:])}`".rstrip(),
+        f"- date: {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}",
+        f"- git SHA: {sha}",
+        f"- packages: {versions}",
+        f"- machine: {os.cpu_count()} CPU cores, no GPU; {args.jobs} runs in parallel, 1 torch thread each",
+        "- protocol: seeded support draw; test = every MTD image outside the support set; images and masks "
+        "resized to 256x256; fixed threshold 0.5; last training iteration kept; no test statistics used.",
+        "- metrics in percent, mean ± std over seeds; paper = UniADC(CLIP) row of the paper's Tables 1-2.",
+        "",
+        "| setting | k_n | k_a | | I-AUC | P-AUC | PRO | Acc | mIoU | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(f"| {r['setting']} | {r['k_normal']} | {r['k_anomaly']} | ours | {_fmt(r)} | {r['wall_s']} |")
+        paper = " | ".join(f"{r['paper_clip'][m]:.2f}" for m in METRICS)
+        lines.append(f"| | | | paper (CLIP) | {paper} | |")
+        lines.append(f"| | | | w/o synthesis | {_fmt(r['no_synthesis'] or {})} | |")
+    (args.out / "mtd.md").write_text("\n".join(lines) + "\n")
+    keep = ("setting", "k_normal", "k_anomaly", "seeds", *METRICS, *(f"{m}_std" for m in METRICS), "wall_s")
+    (args.out / "mtd.json").write_text(json.dumps([{k: r.get(k) for k in keep} for r in results], indent=2) + "\n")
+    print(f"wrote {args.out / 'mtd.md'} and {args.out / 'mtd.json'}")
+
+
+if __name__ == "__main__":
+    main()
