@@ -125,7 +125,7 @@ class DiscriminatorConfig(_Frozen):
     text_encoder: Literal["minilm", "clip", "tiny"] = "minilm"
     clip_model: str = "ViT-B-16"
     clip_weights: str | None = None
-    fusion_dim: int = Field(default=256, ge=8)
+    fusion_dim: int = Field(default=64, ge=8, description="fusion width; 128 trains ~2x slower on CPU")
     open_set: bool = False
     iterations: int = Field(default=250, ge=1)
     batch_size: int = Field(default=16, ge=1)

