@@ -121,6 +121,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one process each)")
     parser.add_argument("--no-ablation", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--store", default=None, help="run store to reuse (regenerated samples are resumed)")
     args = parser.parse_args()
     if not MTD.is_dir():
         sys.exit(f"MTD not found at {MTD}: this benchmark reads the dataset from ../shared/datasets/mtd")
@@ -128,7 +129,7 @@ def main() -> None:
     if args.only:
         wanted = {tuple([s.split(":")[0], *map(int, s.split(":")[1:])]) for s in args.only}
         settings = [s for s in SETTINGS if (s[0], s[1]) in wanted or s in wanted]
-    store = tempfile.mkdtemp(prefix="uniadc-mtd-")
+    store = args.store or tempfile.mkdtemp(prefix="uniadc-mtd-")
     results = []
     print(f"MTD benchmark: {len(settings)} settings x seeds {args.seeds}, {args.iterations} iterations, "
           f"{args.jobs} parallel runs, store {store}", flush=True)

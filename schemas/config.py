@@ -134,6 +134,8 @@ class DiscriminatorConfig(_Frozen):
     cls_weight: float = Field(default=0.5, ge=0, description="lambda of the classification loss")
     grad_clip: float | None = Field(default=None, gt=0)
     num_threads: int | None = Field(default=None, ge=1)
+    augment_normal_copies: int = Field(default=15, ge=0, description="augmented copies of each normal image")
+    augment_anomaly_copies: int = Field(default=1, ge=0, description="augmented copies of each anomaly image")
 
 
 class RunConfig(_Frozen):

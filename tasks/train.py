@@ -24,11 +24,12 @@ from storage.arrays import open_group, read_samples
 from storage.checkpoints import load_discriminator, save_discriminator
 from storage.layout import RunLayout
 from tasks.common import cache_key
+from uniadc.augment import augment
 from uniadc.discriminator import Discriminator, TrainingData, build_discriminator, restore_discriminator
 from uniadc.discriminator import train_discriminator as fit
 
 STAGE = "train"
-STAGE_VERSION = "1"
+STAGE_VERSION = "2"
 OPEN_SET_SAMPLES = 16
 
 
@@ -81,6 +82,17 @@ def class_agnostic_anomalies(config: RunConfig, normals: np.ndarray, foregrounds
     return np.stack(images), np.stack(masks)
 
 
+def augment_training_data(data: TrainingData, config: RunConfig) -> TrainingData:
+    """Seeded augmented copies of the normals and the anomalies (``uniadc.augment``)."""
+    d = config.discriminator
+    rng = np.random.default_rng([config.seed, zlib.crc32(b"augment")])
+    normals, _ = augment(data.normals, None, d.augment_normal_copies, rng)
+    anomalies, masks = augment(data.anomalies, data.anomaly_masks, d.augment_anomaly_copies, rng)
+    real = data.anomaly_is_real if data.anomaly_is_real is not None else np.zeros(len(data.anomalies), bool)
+    return TrainingData(normals=normals, anomalies=anomalies, anomaly_masks=masks,
+                        anomaly_is_real=np.tile(real, 1 + d.augment_anomaly_copies))
+
+
 def load_model(path: str | Path) -> Discriminator:
     ckpt = load_discriminator(path)
     return restore_discriminator(ckpt.state, ckpt.config, ckpt.category_texts, ckpt.image_size, ckpt.seed,
@@ -102,6 +114,7 @@ def train_model(config: RunConfig, priors: PriorsFile, support: Manifest, sample
         data = TrainingData(normals=data.normals, anomalies=np.concatenate([data.anomalies, extra]),
                             anomaly_masks=np.concatenate([data.anomaly_masks, extra_masks]),
                             anomaly_is_real=np.concatenate([real, np.zeros(len(extra), bool)]))
+    data = augment_training_data(data, config)
     model = build_discriminator(config.discriminator, [list(p.descriptions) for p in priors.categories],
                                 config.image_size, config.seed)
     history = fit(model, data, config.discriminator, config.seed)
