@@ -82,15 +82,6 @@ SD15_TEXT = dict(
     eos_token_id=49407,
     pad_token_id=49407,
 )
-SD15_SCHEDULER = dict(
-    beta_start=0.00085,
-    beta_end=0.012,
-    beta_schedule="scaled_linear",
-    clip_sample=False,
-    set_alpha_to_one=False,
-    steps_offset=1,
-    num_train_timesteps=1000,
-)
 
 
 def make_request(
@@ -118,36 +109,19 @@ def make_request(
 
 def random_weight_backend(backend: str, options: DiffusionOptions, device: torch.device, dtype: torch.dtype):
     """SD1.5-shaped UNet/VAE/text encoder (+ BrushNet) with random weights, built on the device."""
-    from diffusers import (
-        AutoencoderKL,
-        DDIMScheduler,
-        StableDiffusionInpaintPipeline,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from uniadc.synthesis.brushnet_model import BrushNetModel
     from uniadc.synthesis.diffusion import BrushNetSynthesizer, SDInpaintSynthesizer
-    from uniadc.tokenizer import clip_tokenizer
+    from uniadc.synthesis.random_models import assemble_pipeline
 
     torch.manual_seed(0)
     with torch.device(device):
         unet = UNet2DConditionModel(**{**SD15_UNET, "in_channels": 9 if backend == "sd-inpaint" else 4})
         vae = AutoencoderKL(**SD15_VAE)
         text = CLIPTextModel(CLIPTextConfig(**SD15_TEXT))
-    cls = StableDiffusionInpaintPipeline if backend == "sd-inpaint" else StableDiffusionPipeline
-    pipe = cls(
-        vae=vae,
-        text_encoder=text,
-        tokenizer=clip_tokenizer(),
-        unet=unet,
-        scheduler=DDIMScheduler(**SD15_SCHEDULER),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    ).to(device=device, dtype=dtype)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = assemble_pipeline(unet, vae, text).to(device=device, dtype=dtype)
     if backend == "sd-inpaint":
         return SDInpaintSynthesizer.from_pipeline(options, pipe)
     brushnet = BrushNetModel.from_unet(unet)

@@ -13,7 +13,6 @@ import torch
 from schemas.config import DiffusionOptions
 from schemas.priors import AnomalyPrior
 from tests.tiny_models import (
-    SD15_SCHEDULER,
     save_brushnet_folder,
     save_sd_folder,
     tiny_brushnet,
@@ -24,6 +23,7 @@ from uniadc.synthesis.brushnet_model import BrushNetModel, UNetResidualInjector
 from uniadc.synthesis.diffusion import BrushNetSynthesizer, SDInpaintSynthesizer, WeightsError
 from uniadc.synthesis.diffusion_backend import mask_tensor
 from uniadc.synthesis.diffusion_sampler import ddim_schedule, ddim_step, denoise, noised_start
+from uniadc.synthesis.random_models import SD15_SCHEDULER
 from uniadc.synthesis.runtime import BatchSplitter
 
 NOTES = Path(__file__).resolve().parents[2] / "shared" / "notes"

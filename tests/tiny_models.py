@@ -13,15 +13,6 @@ from pathlib import Path
 
 import torch
 
-SD15_SCHEDULER = dict(
-    beta_start=0.00085,
-    beta_end=0.012,
-    beta_schedule="scaled_linear",
-    clip_sample=False,
-    set_alpha_to_one=False,
-    steps_offset=1,
-    num_train_timesteps=1000,
-)
 
 TINY_CLIP_CFG = {
     "embed_dim": 32,
@@ -86,23 +77,9 @@ def tiny_text_encoder(seed: int = 0):
 
 def tiny_pipeline(in_channels: int = 9, seed: int = 0):
     """A stock StableDiffusionInpaintPipeline (9 channels) or StableDiffusionPipeline (4) of tiny models."""
-    from diffusers import DDIMScheduler, StableDiffusionInpaintPipeline, StableDiffusionPipeline
+    from uniadc.synthesis.random_models import assemble_pipeline
 
-    from uniadc.tokenizer import clip_tokenizer
-
-    cls = StableDiffusionInpaintPipeline if in_channels == 9 else StableDiffusionPipeline
-    pipe = cls(
-        vae=tiny_vae(seed),
-        text_encoder=tiny_text_encoder(seed),
-        tokenizer=clip_tokenizer(),
-        unet=tiny_unet(in_channels, seed),
-        scheduler=DDIMScheduler(**SD15_SCHEDULER),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return assemble_pipeline(tiny_unet(in_channels, seed), tiny_vae(seed), tiny_text_encoder(seed))
 
 
 def tiny_brushnet(unet, seed: int = 0, std: float = 0.05):
