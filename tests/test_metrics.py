@@ -313,7 +313,7 @@ def test_evaluate_table_and_parquet_roundtrip(tmp_path, monkeypatch):
     assert [p.name for p in path.parent.iterdir()] == ["metrics.parquet"]
 
 
-def _fail_halfway(table, where):
+def _fail_halfway(table, where, **_kwargs):
     with open(where, "wb") as f:
         f.write(b"PAR1 partial")
     raise OSError("disk full")
