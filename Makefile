@@ -46,6 +46,7 @@ bench-mtd: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check uniadc schemas storage tasks flows tests benchmarks
+	$(BIN)/ruff format --check uniadc schemas storage tasks flows tests benchmarks
 
 clean:
 	rm -rf $(DEMO_ROOT) runs .prefect

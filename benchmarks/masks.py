@@ -22,8 +22,9 @@ def _disc_foreground(size: int) -> np.ndarray:
     return (yy - size / 2) ** 2 + (xx - size / 2) ** 2 <= r * r
 
 
-def bench(size: int, n: int, seed: int, foreground: np.ndarray | None
-          ) -> tuple[float, dict[str, tuple[float, float]]]:
+def bench(
+    size: int, n: int, seed: int, foreground: np.ndarray | None
+) -> tuple[float, dict[str, tuple[float, float]]]:
     """Generate ``n`` masks of every local (shape, size); returns overall masks/s and, per shape, (masks/s,
     median area)."""
     rng = np.random.default_rng(seed)

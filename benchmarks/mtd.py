@@ -26,16 +26,28 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-for _k, _v in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("OMP_NUM_THREADS", "1"),
-               ("OPENBLAS_NUM_THREADS", "1"), ("MKL_NUM_THREADS", "1")):
+for _k, _v in (
+    ("HF_HUB_OFFLINE", "1"),
+    ("TRANSFORMERS_OFFLINE", "1"),
+    ("OMP_NUM_THREADS", "1"),
+    ("OPENBLAS_NUM_THREADS", "1"),
+    ("MKL_NUM_THREADS", "1"),
+):
     os.environ.setdefault(_k, _v)
 
 ROOT = Path(__file__).resolve().parents[1]
 MTD = ROOT.parent / "shared" / "datasets" / "mtd"
 RESULTS = ROOT / "benchmarks" / "results"
 METRICS = ("i_auc", "p_auc", "pro", "acc", "miou")
-SETTINGS = [("zero_shot", 1, 0), ("zero_shot", 2, 0), ("zero_shot", 4, 0), ("few_shot", 1, 1), ("few_shot", 2, 1),
-            ("few_shot", 2, 2), ("few_shot", 4, 1)]
+SETTINGS = [
+    ("zero_shot", 1, 0),
+    ("zero_shot", 2, 0),
+    ("zero_shot", 4, 0),
+    ("few_shot", 1, 1),
+    ("few_shot", 2, 1),
+    ("few_shot", 2, 2),
+    ("few_shot", 4, 1),
+]
 # The paper's UniADC(CLIP) MTD rows (shared/notes/paper-mtd.md): I-AUC, P-AUC, PRO, Acc, mIoU in percent.
 PAPER = {
     ("zero_shot", 1, 0): (86.19, 80.80, 77.69, 55.82, 27.92),
@@ -48,8 +60,9 @@ PAPER = {
 }
 
 
-def run_one(setting: str, k_normal: int, k_anomaly: int, seed: int, iterations: int, store: str,
-            ablation: bool) -> dict:
+def run_one(
+    setting: str, k_normal: int, k_anomaly: int, seed: int, iterations: int, store: str, ablation: bool
+) -> dict:
     """One seed of one setting; returns metrics (fractions) for UniADC and, when asked, the ablation."""
     import numpy as np
     import torch
@@ -64,16 +77,28 @@ def run_one(setting: str, k_normal: int, k_anomaly: int, seed: int, iterations: 
     from tasks.train import train_key, train_model
 
     name = f"{setting}-n{k_normal}-a{k_anomaly}-s{seed}"
-    cfg = load_run_config(None, data={
-        "name": name, "dataset": {"kind": "mtd", "root": str(MTD)}, "setting": setting, "k_normal": k_normal,
-        "k_anomaly": k_anomaly, "seed": seed, "image_size": 256, "store": store,
-        "discriminator": {"iterations": iterations, "num_threads": 1}})
+    cfg = load_run_config(
+        None,
+        data={
+            "name": name,
+            "dataset": {"kind": "mtd", "root": str(MTD)},
+            "setting": setting,
+            "k_normal": k_normal,
+            "k_anomaly": k_anomaly,
+            "seed": seed,
+            "image_size": 256,
+            "store": store,
+            "discriminator": {"iterations": iterations, "num_threads": 1},
+        },
+    )
     t0 = time.perf_counter()
     priors = load_run_priors(cfg)
     split = split_dataset.fn(cfg, split_key(cfg))
     support = prepare_support.fn(cfg, split, support_key(cfg, split))
-    samples = [regenerate_category.fn(cfg, priors, c, support, category_key(cfg, priors, c, support))
-               for c in priors.names]
+    samples = [
+        regenerate_category.fn(cfg, priors, c, support, category_key(cfg, priors, c, support))
+        for c in priors.names
+    ]
     t_syn = time.perf_counter() - t0
     model = train_model.fn(cfg, priors, support, samples, train_key(cfg, priors, support, samples))
     evaluation = evaluate_model.fn(cfg, priors, split, model, evaluate_key(cfg, split, model))
@@ -98,11 +123,18 @@ def _summary(runs: list[dict], key: str) -> dict:
     vals = {m: [100 * r[key][m] for r in runs if key in r] for m in METRICS}
     if not vals["i_auc"]:
         return {}
-    return {**{m: float(np.mean(v)) for m, v in vals.items()}, **{f"{m}_std": float(np.std(v)) for m, v in vals.items()}}
+    return {
+        **{m: float(np.mean(v)) for m, v in vals.items()},
+        **{f"{m}_std": float(np.std(v)) for m, v in vals.items()},
+    }
 
 
 def _fmt(s: dict) -> str:
-    return " | ".join(f"{s[m]:.2f} ± {s[m + '_std']:.2f}" for m in METRICS) if s else "n/a | n/a | n/a | n/a | n/a"
+    return (
+        " | ".join(f"{s[m]:.2f} ± {s[m + '_std']:.2f}" for m in METRICS)
+        if s
+        else "n/a | n/a | n/a | n/a | n/a"
+    )
 
 
 def _versions() -> str:
@@ -114,8 +146,9 @@ def _versions() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="*", default=None,
-                        help="settings as zero_shot:K or few_shot:K:A (default: all seven)")
+    parser.add_argument(
+        "--only", nargs="*", default=None, help="settings as zero_shot:K or few_shot:K:A (default: all seven)"
+    )
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     parser.add_argument("--iterations", type=int, default=250)
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one process each)")
@@ -131,24 +164,49 @@ def main() -> None:
         settings = [s for s in SETTINGS if (s[0], s[1]) in wanted or s in wanted]
     store = args.store or tempfile.mkdtemp(prefix="uniadc-mtd-")
     results = []
-    print(f"MTD benchmark: {len(settings)} settings x seeds {args.seeds}, {args.iterations} iterations, "
-          f"{args.jobs} parallel runs, store {store}", flush=True)
+    print(
+        f"MTD benchmark: {len(settings)} settings x seeds {args.seeds}, {args.iterations} iterations, "
+        f"{args.jobs} parallel runs, store {store}",
+        flush=True,
+    )
     for setting, kn, ka in settings:
         t = time.perf_counter()
         with ProcessPoolExecutor(args.jobs) as pool:
-            runs = list(pool.map(run_one, *zip(*[(setting, kn, ka, s, args.iterations, store, not args.no_ablation)
-                                                for s in args.seeds])))
+            runs = list(
+                pool.map(
+                    run_one,
+                    *zip(  # noqa: B905 - transposing equal-length tuples
+                        *[
+                            (setting, kn, ka, s, args.iterations, store, not args.no_ablation)
+                            for s in args.seeds
+                        ]
+                    ),
+                )
+            )
         wall = time.perf_counter() - t
         ours, abl = _summary(runs, "uniadc"), _summary(runs, "no_synthesis")
         paper = PAPER[(setting, kn, ka)]
         peak = max(r["peak_rss_mb"] for r in runs)
-        results.append({"setting": setting, "k_normal": kn, "k_anomaly": ka, "seeds": args.seeds, **ours,
-                        "wall_s": round(wall, 1), "peak_rss_mb": round(peak), "test_images": runs[0]["test"],
-                        "paper_clip": dict(zip(METRICS, paper, strict=True)),
-                        "no_synthesis": abl or None})
-        print(f"{setting} k_normal={kn} k_anomaly={ka}: ours {_fmt(ours)} | paper(CLIP) "
-              f"{' | '.join(f'{p:.2f}' for p in paper)} | w/o synthesis {_fmt(abl)} | wall {wall:.0f} s, "
-              f"peak RSS {peak:.0f} MB per process", flush=True)
+        results.append(
+            {
+                "setting": setting,
+                "k_normal": kn,
+                "k_anomaly": ka,
+                "seeds": args.seeds,
+                **ours,
+                "wall_s": round(wall, 1),
+                "peak_rss_mb": round(peak),
+                "test_images": runs[0]["test"],
+                "paper_clip": dict(zip(METRICS, paper, strict=True)),
+                "no_synthesis": abl or None,
+            }
+        )
+        print(
+            f"{setting} k_normal={kn} k_anomaly={ka}: ours {_fmt(ours)} | paper(CLIP) "
+            f"{' | '.join(f'{p:.2f}' for p in paper)} | w/o synthesis {_fmt(abl)} | wall {wall:.0f} s, "
+            f"peak RSS {peak:.0f} MB per process",
+            flush=True,
+        )
     write_results(results, args)
 
 
@@ -171,13 +229,17 @@ def write_results(results: list[dict], args) -> None:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        lines.append(f"| {r['setting']} | {r['k_normal']} | {r['k_anomaly']} | ours | {_fmt(r)} | {r['wall_s']} |")
+        lines.append(
+            f"| {r['setting']} | {r['k_normal']} | {r['k_anomaly']} | ours | {_fmt(r)} | {r['wall_s']} |"
+        )
         paper = " | ".join(f"{r['paper_clip'][m]:.2f}" for m in METRICS)
         lines.append(f"| | | | paper (CLIP) | {paper} | |")
         lines.append(f"| | | | w/o synthesis | {_fmt(r['no_synthesis'] or {})} | |")
     (args.out / "mtd.md").write_text("\n".join(lines) + "\n")
     keep = ("setting", "k_normal", "k_anomaly", "seeds", *METRICS, *(f"{m}_std" for m in METRICS), "wall_s")
-    (args.out / "mtd.json").write_text(json.dumps([{k: r.get(k) for k in keep} for r in results], indent=2) + "\n")
+    (args.out / "mtd.json").write_text(
+        json.dumps([{k: r.get(k) for k in keep} for r in results], indent=2) + "\n"
+    )
     print(f"wrote {args.out / 'mtd.md'} and {args.out / 'mtd.json'}")
 
 

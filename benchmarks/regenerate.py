@@ -20,9 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-for k, v in (("PREFECT_SERVER_ANALYTICS_ENABLED", "false"), ("DO_NOT_TRACK", "1"), ("HF_HUB_OFFLINE", "1"),
-             ("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180"), ("OMP_NUM_THREADS", "1"),
-             ("OPENBLAS_NUM_THREADS", "1")):
+for k, v in (
+    ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
+    ("DO_NOT_TRACK", "1"),
+    ("HF_HUB_OFFLINE", "1"),
+    ("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180"),
+    ("OMP_NUM_THREADS", "1"),
+    ("OPENBLAS_NUM_THREADS", "1"),
+):
     os.environ.setdefault(k, v)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,14 +73,34 @@ def _run(kind: str, n: int, seed: int) -> int:
         prior = priors.categories[i % len(priors.categories)]
         rng = np.random.default_rng([seed, i])
         if kind == "procedural":
-            select_zero_shot(normals, fgs, prior, (), syn, get_scorer("mask_fidelity", SelectionConfig()), 32,
-                             (0.4, 0.5, 0.6), rng)
+            select_zero_shot(
+                normals,
+                fgs,
+                prior,
+                (),
+                syn,
+                get_scorer("mask_fidelity", SelectionConfig()),
+                32,
+                (0.4, 0.5, 0.6),
+                rng,
+            )
         else:
             image, mask = support[prior.name]
             regions = extract_regions(image, mask, "s", options) or extract_regions(
-                image, mask, "s", options.model_copy(update={"min_region_px": 1}))
-            select_few_shot(normals, fgs, regions, prior, syn, get_scorer("ssim", SelectionConfig()), 32,
-                            (0.4, 0.5, 0.6), rng, options)
+                image, mask, "s", options.model_copy(update={"min_region_px": 1})
+            )
+            select_few_shot(
+                normals,
+                fgs,
+                regions,
+                prior,
+                syn,
+                get_scorer("ssim", SelectionConfig()),
+                32,
+                (0.4, 0.5, 0.6),
+                rng,
+                options,
+            )
         done += 1
     return done
 
@@ -89,11 +114,15 @@ def throughput(kind: str, n: int) -> None:
     with ProcessPoolExecutor(2) as pool:
         total = sum(pool.map(_run, [kind, kind], [n, n], [1, 2]))
     two = time.perf_counter() - t
-    print(f"{kind:>10}: {60 * n / one:7.1f} selected samples/min in 1 process ({one / n:.2f} s each); "
-          f"{60 * total / two:7.1f}/min in 2 processes  (96 candidates per sample, {SIZE} px)")
+    print(
+        f"{kind:>10}: {60 * n / one:7.1f} selected samples/min in 1 process ({one / n:.2f} s each); "
+        f"{60 * total / two:7.1f}/min in 2 processes  (96 candidates per sample, {SIZE} px)"
+    )
 
 
 def cached_rerun() -> None:
+    import asyncio
+
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect.testing.utilities import prefect_test_harness
@@ -102,18 +131,23 @@ def cached_rerun() -> None:
     from schemas.config import load_run_config
     from storage.demo import build_demo_dataset
 
-    import asyncio
-
     tmp = Path(tempfile.mkdtemp())
     build_demo_dataset(tmp / "demo", image_classes=("brick",))
-    cfg = load_run_config(None, data={"name": "bench", "dataset": {"kind": "demo", "root": str(tmp / "demo"),
-                                                                   "image_class": "brick"},
-                                      "image_size": 128, "store": str(tmp / "store")})
+    cfg = load_run_config(
+        None,
+        data={
+            "name": "bench",
+            "dataset": {"kind": "demo", "root": str(tmp / "demo"), "image_class": "brick"},
+            "image_size": 128,
+            "store": str(tmp / "store"),
+        },
+    )
 
     async def states(flow_state):
         async with get_client() as client:
-            runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(
-                id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id])))
+            runs = await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id]))
+            )
             return [r.state.name for r in runs]
 
     with prefect_test_harness(server_startup_timeout=180):
@@ -124,10 +158,12 @@ def cached_rerun() -> None:
         s2 = regenerate_flow(cfg, return_state=True)
         second = time.perf_counter() - t
         a, b = asyncio.run(states(s1)), asyncio.run(states(s2))
-    print(f"regenerate flow, demo brick 128 px, 3 categories x 16 samples: first run {first:.1f} s "
-          f"({a.count('Completed')} tasks executed); fully cached rerun {second:.1f} s "
-          f"({b.count('Cached')} cached, {b.count('Completed')} executed: the contact sheet is always redrawn); "
-          f"rerun/first = {second / first:.3f}")
+    print(
+        f"regenerate flow, demo brick 128 px, 3 categories x 16 samples: first run {first:.1f} s "
+        f"({a.count('Completed')} tasks executed); fully cached rerun {second:.1f} s "
+        f"({b.count('Cached')} cached, {b.count('Completed')} executed: the contact sheet is always redrawn); "
+        f"rerun/first = {second / first:.3f}"
+    )
 
 
 def main() -> None:

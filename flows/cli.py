@@ -9,8 +9,12 @@ from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any
 
-for _key, _value in (("PREFECT_SERVER_ANALYTICS_ENABLED", "false"), ("DO_NOT_TRACK", "1"),
-                     ("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90"), ("HF_HUB_OFFLINE", "1")):
+for _key, _value in (
+    ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
+    ("DO_NOT_TRACK", "1"),
+    ("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90"),
+    ("HF_HUB_OFFLINE", "1"),
+):
     os.environ.setdefault(_key, _value)
 
 import typer  # noqa: E402
@@ -24,8 +28,12 @@ from storage.checkpoints import CheckpointError  # noqa: E402
 from storage.errors import DataError, StoreError  # noqa: E402
 from uniadc.synthesis.runtime import WeightsError  # noqa: E402
 
-app = typer.Typer(help="uniadc: unified anomaly detection and classification pipeline.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
+app = typer.Typer(
+    help="uniadc: unified anomaly detection and classification pipeline.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
 priors_app = typer.Typer(help="Anomaly prior files.", no_args_is_help=True)
 data_app = typer.Typer(help="Datasets: inspect, split, build the demo.", no_args_is_help=True)
 app.add_typer(priors_app, name="priors")
@@ -54,8 +62,14 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=err, transient=True)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    )
 
 
 def load_config(config: Path, overrides: list[str] | None, store: Path | None = None) -> RunConfig:
@@ -89,7 +103,9 @@ def preflight(config: RunConfig) -> None:
 
 @priors_app.command("validate")
 @user_errors
-def priors_validate(paths: Annotated[list[Path], typer.Argument(help="priors YAML files or folders")]) -> None:
+def priors_validate(
+    paths: Annotated[list[Path], typer.Argument(help="priors YAML files or folders")],
+) -> None:
     """Validate priors files (folders are searched for *.yaml)."""
     files: list[Path] = []
     for p in paths:
@@ -98,8 +114,11 @@ def priors_validate(paths: Annotated[list[Path], typer.Argument(help="priors YAM
         raise PriorsError(f"{', '.join(map(str, paths))}: no priors YAML files found")
     for f in files:
         pf = load_priors(f)
-        console.print(f"ok  {f}: {pf.dataset}/{pf.image_class}, {len(pf.categories)} categories "
-                      f"({', '.join(pf.names)})", highlight=False)
+        console.print(
+            f"ok  {f}: {pf.dataset}/{pf.image_class}, {len(pf.categories)} categories "
+            f"({', '.join(pf.names)})",
+            highlight=False,
+        )
 
 
 @data_app.command("inspect")
@@ -107,7 +126,9 @@ def priors_validate(paths: Annotated[list[Path], typer.Argument(help="priors YAM
 def data_inspect(
     kind: Annotated[str, typer.Option(help="layout: mvtec, mtd or demo")],
     root: Annotated[Path, typer.Option(help="dataset root folder")],
-    image_class: Annotated[str | None, typer.Option("--image-class", help="image class (mvtec, demo)")] = None,
+    image_class: Annotated[
+        str | None, typer.Option("--image-class", help="image class (mvtec, demo)")
+    ] = None,
 ) -> None:
     """Count images per category and report image sizes; decodes every file."""
     from storage.datasets import scan_dataset
@@ -143,8 +164,11 @@ def data_split(config: ConfigOpt, overrides: SetOpt = None) -> None:
 
 @data_app.command("demo")
 @user_errors
-def data_demo(root: Annotated[Path, typer.Option(help="where to build the demo dataset")] = Path("demo_data"),
-              seed: int = 0, force: bool = False) -> None:
+def data_demo(
+    root: Annotated[Path, typer.Option(help="where to build the demo dataset")] = Path("demo_data"),
+    seed: int = 0,
+    force: bool = False,
+) -> None:
     """Build the offline demo dataset (MVTec layout) from scikit-image's bundled textures."""
     from storage.demo import build_demo_dataset
 
@@ -203,8 +227,9 @@ def predict_cmd(
     path = find_checkpoint(model)
     files = list_images(images)
     ckpt = load_discriminator(path)
-    net = restore_discriminator(ckpt.state, ckpt.config, ckpt.category_texts, ckpt.image_size, ckpt.seed,
-                                ckpt.backbone_sha256)
+    net = restore_discriminator(
+        ckpt.state, ckpt.config, ckpt.category_texts, ckpt.image_size, ckpt.seed, ckpt.backbone_sha256
+    )
     names = ["normal", *(texts[0] for texts in ckpt.category_texts)]
     if ckpt.config.open_set:
         names.append("other")
@@ -216,10 +241,17 @@ def predict_cmd(
             pred = predict(net, image[None], threshold, batch_size=1)
             cls = int(pred.image_classes[0])
             view = with_legend(overlay(image, pred.class_maps[0]), names, title=f"predicted: {names[cls]}")
-            write_prediction(out, f.stem, pred.anomaly_maps[0], pred.class_maps[0], heatmap(pred.anomaly_maps[0]),
-                             view)
-            rows.append({"image": f.name, "image_score": float(pred.image_scores[0]), "class_index": cls,
-                         "class_name": names[cls]})
+            write_prediction(
+                out, f.stem, pred.anomaly_maps[0], pred.class_maps[0], heatmap(pred.anomaly_maps[0]), view
+            )
+            rows.append(
+                {
+                    "image": f.name,
+                    "image_score": float(pred.image_scores[0]),
+                    "class_index": cls,
+                    "class_name": names[cls],
+                }
+            )
             bar.advance(job)
     write_table_atomic(pl.DataFrame(rows).to_arrow(), out / "predictions.parquet")
     for r in rows:

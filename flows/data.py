@@ -20,6 +20,8 @@ def run_split(config: RunConfig) -> Manifest:
 @flow(name="split", log_prints=True)
 def split_flow(config: RunConfig) -> Manifest:
     manifest = run_split(config)
-    print(f"split: {manifest.counts['support']} support, {manifest.counts['test']} test images "
-          f"-> {manifest.run_dir}/{manifest.uris['split']}")
+    print(
+        f"split: {manifest.counts['support']} support, {manifest.counts['test']} test images "
+        f"-> {manifest.run_dir}/{manifest.uris['split']}"
+    )
     return manifest

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prefect import flow
 
-from schemas.config import load_run_config
 from flows.regenerate import regenerate_flow
+from schemas.config import load_run_config
 
 
 @flow(name="regenerate-from-file", log_prints=True)

@@ -24,18 +24,26 @@ def run_train(config: RunConfig, support: Manifest, samples: list[Manifest]) -> 
     priors = load_run_priors(config)
     key = train_key(config, priors, support, samples)
     policy = stage_cache_policy(key_from_params, config.store)
-    return train_model.with_options(cache_policy=policy).submit(config, priors, support, samples, key).result()
+    return (
+        train_model.with_options(cache_policy=policy).submit(config, priors, support, samples, key).result()
+    )
 
 
 def run_evaluate(config: RunConfig, split: Manifest, model: Manifest) -> Manifest:
     priors = load_run_priors(config)
     key = evaluate_key(config, split, model)
     policy = stage_cache_policy(key_from_params, config.store)
-    manifest = evaluate_model.with_options(cache_policy=policy).submit(config, priors, split, model, key).result()
+    manifest = (
+        evaluate_model.with_options(cache_policy=policy).submit(config, priors, split, model, key).result()
+    )
     table = pl.read_parquet(Path(manifest.run_dir) / manifest.uris["metrics"])
-    create_table_artifact([{k: (round(100 * v, 2) if k in METRIC_COLUMNS else v) for k, v in row.items()}
-                           for row in table.iter_rows(named=True)],
-                          description=f"metrics (percent) of {config.name}")
+    create_table_artifact(
+        [
+            {k: (round(100 * v, 2) if k in METRIC_COLUMNS else v) for k, v in row.items()}
+            for row in table.iter_rows(named=True)
+        ],
+        description=f"metrics (percent) of {config.name}",
+    )
     print(format_metrics_table(table))
     return manifest
 
@@ -64,5 +72,10 @@ def pipeline_flow(config: RunConfig) -> dict[str, Manifest]:
     evaluation = run_evaluate(config, split, model)
     report = write_report(config, load_run_priors(config), split, support, samples, model, evaluation)
     print(f"report: {report}")
-    return {"split": split, "support": support, "model": model, "evaluate": evaluation,
-            **{f"samples/{m.key}": m for m in samples}}
+    return {
+        "split": split,
+        "support": support,
+        "model": model,
+        "evaluate": evaluation,
+        **{f"samples/{m.key}": m for m in samples},
+    }

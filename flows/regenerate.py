@@ -6,6 +6,7 @@ from prefect import flow
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.futures import as_completed
 
+from flows.data import run_split
 from schemas.config import RunConfig
 from schemas.manifests import Manifest
 from storage.layout import RunLayout
@@ -14,7 +15,6 @@ from tasks.common import key_from_params, stage_cache_policy
 from tasks.contact_sheet import write_contact_sheet
 from tasks.regenerate import category_key, regenerate_category
 from tasks.support import prepare_support, support_key
-from flows.data import run_split
 
 
 def run_support(config: RunConfig, split: Manifest) -> Manifest:
@@ -39,9 +39,18 @@ def run_regenerate(config: RunConfig, support: Manifest) -> list[Manifest]:
         update_progress_artifact(progress, 100.0 * done / len(futures))
     manifests = [f.result() for f in futures]
     create_table_artifact(
-        [{"category": m.key, "samples": m.counts["samples"], "mean_score": m.counts["mean_score_milli"] / 1000,
-          "store": m.uris["zarr"]} for m in manifests],
-        key=None, description=f"selected synthetic samples of {config.name}")
+        [
+            {
+                "category": m.key,
+                "samples": m.counts["samples"],
+                "mean_score": m.counts["mean_score_milli"] / 1000,
+                "store": m.uris["zarr"],
+            }
+            for m in manifests
+        ],
+        key=None,
+        description=f"selected synthetic samples of {config.name}",
+    )
     return manifests
 
 
@@ -54,7 +63,9 @@ def regenerate_flow(config: RunConfig) -> list[Manifest]:
     sheet = RunLayout.for_config(config.store, config.name).root / "contact_sheet.png"
     write_contact_sheet(manifests, str(sheet))
     for m in manifests:
-        print(f"{m.key}: {m.counts['samples']} samples (mean score {m.counts['mean_score_milli'] / 1000:.3f}) "
-              f"-> {m.run_dir}/{m.uris['zarr']}")
+        print(
+            f"{m.key}: {m.counts['samples']} samples (mean score {m.counts['mean_score_milli'] / 1000:.3f}) "
+            f"-> {m.run_dir}/{m.uris['zarr']}"
+        )
     print(f"contact sheet: {sheet}")
     return manifests

@@ -49,18 +49,24 @@ class ProceduralOptions(_Frozen):
 class CutPasteOptions(_Frozen):
     """Few-shot cut-paste of real anomaly support regions (paper §3.3)."""
 
-    min_region_px: int = Field(default=64, ge=1, description="smallest 8-connected component kept, at image size")
+    min_region_px: int = Field(
+        default=64, ge=1, description="smallest 8-connected component kept, at image size"
+    )
     context_ratio: float = Field(default=0.25, ge=0.0, le=1.0, description="crop margin on each side")
     max_rotation_deg: float = Field(default=90.0, ge=0.0, le=180.0)
     scale_range: tuple[float, float] = (0.75, 1.25)
-    repaint: bool = Field(default=True, description="harmonise the pasted region with the procedural renderer")
+    repaint: bool = Field(
+        default=True, description="harmonise the pasted region with the procedural renderer"
+    )
 
 
 class DiffusionOptions(_Frozen):
     """Diffusion inpainting backends (``sd-inpaint``, ``brushnet``): local weights only."""
 
     pipeline_path: str | None = Field(default=None, description="local SD1.5 (inpainting) diffusers folder")
-    brushnet_path: str | None = Field(default=None, description="local BrushNet folder (config.json + safetensors)")
+    brushnet_path: str | None = Field(
+        default=None, description="local BrushNet folder (config.json + safetensors)"
+    )
     brushnet_random_mask_path: str | None = None
     steps: int = Field(default=10, ge=1)
     guidance_scale: float = Field(default=12.5, ge=1.0)
@@ -68,10 +74,15 @@ class DiffusionOptions(_Frozen):
     device: str = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     max_batch: int = Field(default=32, ge=1)
-    resolution: int | None = Field(default=512, ge=64, multiple_of=8,
-                                   description="square working size of the diffusion (None: the image size)")
-    negative_steps: int = Field(default=20, ge=1,
-                                description="steps for categories with a negative prompt (run at gamma = 1)")
+    resolution: int | None = Field(
+        default=512,
+        ge=64,
+        multiple_of=8,
+        description="square working size of the diffusion (None: the image size)",
+    )
+    negative_steps: int = Field(
+        default=20, ge=1, description="steps for categories with a negative prompt (run at gamma = 1)"
+    )
 
 
 class SynthesisConfig(_Frozen):
@@ -88,7 +99,9 @@ class SynthesisConfig(_Frozen):
     @model_validator(mode="after")
     def _check_noise(self) -> SynthesisConfig:
         if not self.noise_factors or any(not 0.0 < g <= 1.0 for g in self.noise_factors):
-            raise ValueError(f"noise_factors must be non-empty values in (0, 1], got {list(self.noise_factors)}")
+            raise ValueError(
+                f"noise_factors must be non-empty values in (0, 1], got {list(self.noise_factors)}"
+            )
         return self
 
     def resolved_backend(self, setting: str) -> str:
@@ -196,13 +209,14 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], source: str) -> 
     return data
 
 
-def load_run_config(path: str | Path | None, overrides: list[str] | None = None,
-                    data: dict[str, Any] | None = None) -> RunConfig:
+def load_run_config(
+    path: str | Path | None, overrides: list[str] | None = None, data: dict[str, Any] | None = None
+) -> RunConfig:
     """Read a run YAML (or raw ``data``), apply overrides, validate.
 
-    Relative paths (``dataset.root``, ``dataset.priors``, ``store`` and every weights path) are resolved against the current working
-    directory (the repository root for the shipped configs and the Makefile) and stored absolute, so every
-    task of a run, in any process, sees the same folders.
+    Relative paths (``dataset.root``, ``dataset.priors``, ``store`` and every weights path) are resolved against
+    the current working directory (the repository root for the shipped configs and the Makefile) and stored
+    absolute, so every task of a run, in any process, sees the same folders.
     """
     source = str(path) if path is not None else "<config>"
     if data is None:
@@ -220,9 +234,17 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None,
     data = apply_overrides(data, list(overrides or []), source)
     ds, syn, sel, disc = (data.get(k) for k in ("dataset", "synthesis", "selection", "discriminator"))
     diff = syn.get("diffusion") if isinstance(syn, dict) else None
-    for node, key in ((ds, "root"), (ds, "priors"), (data, "store"), (diff, "pipeline_path"),
-                      (diff, "brushnet_path"), (diff, "brushnet_random_mask_path"), (sel, "clip_weights"),
-                      (sel, "alpha_clip_weights"), (disc, "clip_weights")):
+    for node, key in (
+        (ds, "root"),
+        (ds, "priors"),
+        (data, "store"),
+        (diff, "pipeline_path"),
+        (diff, "brushnet_path"),
+        (diff, "brushnet_random_mask_path"),
+        (sel, "clip_weights"),
+        (sel, "alpha_clip_weights"),
+        (disc, "clip_weights"),
+    ):
         if isinstance(node, dict) and isinstance(node.get(key), str) and node[key]:
             node[key] = str(Path(node[key]).expanduser().resolve())
     try:

@@ -20,8 +20,12 @@ from storage.errors import StoreError
 _COMPRESSOR = BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
 
 
-def create_group(path: str | Path, arrays: dict[str, tuple[tuple[int, ...], str]], attrs: dict[str, Any],
-                 overwrite: bool = False) -> zarr.Group:
+def create_group(
+    path: str | Path,
+    arrays: dict[str, tuple[tuple[int, ...], str]],
+    attrs: dict[str, Any],
+    overwrite: bool = False,
+) -> zarr.Group:
     """Create (or open, when it exists with the same layout) a group of preallocated arrays.
 
     Args:
@@ -40,8 +44,14 @@ def create_group(path: str | Path, arrays: dict[str, tuple[tuple[int, ...], str]
     group = zarr.open_group(str(path), mode="w", zarr_format=3)
     group.attrs.update(attrs)
     for name, (shape, dtype) in arrays.items():
-        group.create_array(name, shape=tuple(shape), dtype=dtype, chunks=(1, *shape[1:]),
-                           compressors=_COMPRESSOR, fill_value=0)
+        group.create_array(
+            name,
+            shape=tuple(shape),
+            dtype=dtype,
+            chunks=(1, *shape[1:]),
+            compressors=_COMPRESSOR,
+            fill_value=0,
+        )
     return group
 
 
@@ -65,5 +75,5 @@ def read_samples(group: zarr.Group, name: str, indices: list[int] | np.ndarray) 
     if idx.size == 0:
         return np.zeros((0, *arr.shape[1:]), dtype=arr.dtype)
     if np.all(np.diff(idx) == 1):
-        return np.asarray(arr[int(idx[0]): int(idx[-1]) + 1])
+        return np.asarray(arr[int(idx[0]) : int(idx[-1]) + 1])
     return np.stack([np.asarray(arr[int(i)]) for i in idx])

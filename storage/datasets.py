@@ -58,18 +58,26 @@ def _label_indices(defects: Sequence[str], categories: Sequence[str] | None, whe
         categories = sorted(defects)
     unknown = sorted(set(defects) - set(categories))
     if unknown:
-        raise DataError(f"{where}: defect folder(s) {unknown} are not categories of the priors file {list(categories)}")
+        raise DataError(
+            f"{where}: defect folder(s) {unknown} are not categories of the priors file {list(categories)}"
+        )
     return {name: i + 1 for i, name in enumerate(categories)}
 
 
-def scan_mvtec(root: str | Path, image_class: str, categories: Sequence[str] | None = None) -> list[ImageRecord]:
+def scan_mvtec(
+    root: str | Path, image_class: str, categories: Sequence[str] | None = None
+) -> list[ImageRecord]:
     """Scan an MVTec-AD-style image class folder."""
     base = Path(root) / image_class
     if not base.is_dir():
         known = sorted(p.name for p in Path(root).iterdir() if p.is_dir()) if Path(root).is_dir() else []
         raise DataError(f"{base}: no such image class folder (found: {known})")
     test_dir = base / "test"
-    defects = sorted(p.name for p in test_dir.iterdir() if p.is_dir() and p.name != NORMAL) if test_dir.is_dir() else []
+    defects = (
+        sorted(p.name for p in test_dir.iterdir() if p.is_dir() and p.name != NORMAL)
+        if test_dir.is_dir()
+        else []
+    )
     index = _label_indices(defects, categories, test_dir)
     records = [
         ImageRecord(f"train/good/{p.stem}", str(p), image_class, NORMAL, 0, None, "train")
@@ -84,8 +92,11 @@ def scan_mvtec(root: str | Path, image_class: str, categories: Sequence[str] | N
             mask = base / "ground_truth" / defect / f"{p.stem}_mask.png"
             if not mask.is_file():
                 raise DataError(f"{mask}: ground-truth mask missing for {p}")
-            records.append(ImageRecord(f"test/{defect}/{p.stem}", str(p), image_class, defect, index[defect],
-                                       str(mask), "test"))
+            records.append(
+                ImageRecord(
+                    f"test/{defect}/{p.stem}", str(p), image_class, defect, index[defect], str(mask), "test"
+                )
+            )
     if not records:
         raise DataError(f"{base}: image class {image_class!r} has zero images")
     if not any(r.label_index == 0 for r in records):
@@ -113,18 +124,26 @@ def scan_mtd(root: str | Path, categories: Sequence[str] | None = None) -> list[
             mask = p.with_suffix(".png")
             if not normal and not mask.is_file():
                 raise DataError(f"{mask}: ground-truth mask missing for {p}")
-            records.append(ImageRecord(
-                f"{folder.name}/{p.stem}", str(p), MTD_CLASS, NORMAL if normal else label,
-                0 if normal else index[label], None if normal else str(mask), "any" if normal else "test",
-            ))
+            records.append(
+                ImageRecord(
+                    f"{folder.name}/{p.stem}",
+                    str(p),
+                    MTD_CLASS,
+                    NORMAL if normal else label,
+                    0 if normal else index[label],
+                    None if normal else str(mask),
+                    "any" if normal else "test",
+                )
+            )
     for label in ["Free", *defects]:
         if not any(r.image_id.startswith(f"MT_{label}/") for r in records):
             raise DataError(f"{root / ('MT_' + label) / 'Imgs'}: image class folder has zero images")
     return records
 
 
-def scan_dataset(kind: str, root: str | Path, image_class: str | None = None,
-                 categories: Sequence[str] | None = None) -> list[ImageRecord]:
+def scan_dataset(
+    kind: str, root: str | Path, image_class: str | None = None, categories: Sequence[str] | None = None
+) -> list[ImageRecord]:
     """Scan a dataset of layout ``kind`` (mvtec, mtd, demo) into records sorted by image id."""
     if kind in ("mvtec", "demo"):
         if not image_class:
@@ -132,7 +151,9 @@ def scan_dataset(kind: str, root: str | Path, image_class: str | None = None,
         records = scan_mvtec(root, image_class, categories)
     elif kind == "mtd":
         if image_class not in (None, MTD_CLASS):
-            raise DataError(f"dataset.image_class: MTD has one image class {MTD_CLASS!r}, got {image_class!r}")
+            raise DataError(
+                f"dataset.image_class: MTD has one image class {MTD_CLASS!r}, got {image_class!r}"
+            )
         records = scan_mtd(root, categories)
     else:
         raise DataError(f"dataset.kind: unknown layout {kind!r} (known: mvtec, mtd, demo)")

@@ -39,7 +39,11 @@ def to_rgb_uint8(img: Image.Image) -> np.ndarray:
         arr = np.round(arr * 255).astype(np.uint8)
         return np.repeat(arr[..., None], 3, axis=2)
     if img.mode != "RGB":
-        img = img.convert("RGBA").convert("RGB") if img.mode in ("P", "LA", "RGBA", "PA") else img.convert("RGB")
+        img = (
+            img.convert("RGBA").convert("RGB")
+            if img.mode in ("P", "LA", "RGBA", "PA")
+            else img.convert("RGB")
+        )
     return np.array(img, dtype=np.uint8)  # a writable copy (np.asarray of a PIL image is read-only)
 
 

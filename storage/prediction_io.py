@@ -33,8 +33,14 @@ def list_images(folder: str | Path) -> list[Path]:
     return files
 
 
-def write_prediction(out: str | Path, stem: str, anomaly_map: np.ndarray, class_map: np.ndarray,
-                     heat: np.ndarray, overlay: np.ndarray) -> None:
+def write_prediction(
+    out: str | Path,
+    stem: str,
+    anomaly_map: np.ndarray,
+    class_map: np.ndarray,
+    heat: np.ndarray,
+    overlay: np.ndarray,
+) -> None:
     """``<stem>_anomaly.npy`` (float32 map), ``<stem>_anomaly.png`` (heat map), ``<stem>_classes.png`` (class
     indices as 8-bit gray) and ``<stem>_overlay.png`` (image with class colours and legend)."""
     out = Path(out)

@@ -45,8 +45,10 @@ def draw_split(records: Sequence[ImageRecord], config: RunConfig) -> dict[str, s
         support = [r.image_id for r in normal_pool]
     else:
         if len(normal_pool) < config.k_normal:
-            raise DataError(f"k_normal: {config.k_normal} normal support images asked for, the pool has "
-                            f"{len(normal_pool)}")
+            raise DataError(
+                f"k_normal: {config.k_normal} normal support images asked for, the pool has "
+                f"{len(normal_pool)}"
+            )
         picks = _rng(config.seed, "normal").choice(len(normal_pool), size=config.k_normal, replace=False)
         support = [normal_pool[i].image_id for i in sorted(picks)]
     if config.k_anomaly:
@@ -54,13 +56,20 @@ def draw_split(records: Sequence[ImageRecord], config: RunConfig) -> dict[str, s
         for label in labels:
             pool = [r for r in records if r.label_name == label]
             if len(pool) <= config.k_anomaly:
-                raise DataError(f"k_anomaly: {config.k_anomaly} support images of {label!r} asked for, it has "
-                                f"{len(pool)} (at least one must stay for testing)")
-            picks = _rng(config.seed, f"anomaly/{label}").choice(len(pool), size=config.k_anomaly, replace=False)
+                raise DataError(
+                    f"k_anomaly: {config.k_anomaly} support images of {label!r} asked for, it has "
+                    f"{len(pool)} (at least one must stay for testing)"
+                )
+            picks = _rng(config.seed, f"anomaly/{label}").choice(
+                len(pool), size=config.k_anomaly, replace=False
+            )
             support += [pool[i].image_id for i in sorted(picks)]
     chosen = set(support)
-    return {r.image_id: "support" if r.image_id in chosen else "test"
-            for r in records if r.image_id in chosen or r.pool in ("test", "any")}
+    return {
+        r.image_id: "support" if r.image_id in chosen else "test"
+        for r in records
+        if r.image_id in chosen or r.pool in ("test", "any")
+    }
 
 
 def split_table(records: Sequence[ImageRecord], config: RunConfig) -> pa.Table:

@@ -25,12 +25,13 @@ class DatasetStats:
         if not self.heights:
             return "no images"
         h, w = np.asarray(self.heights), np.asarray(self.widths)
-        return (f"height {h.min()}-{h.max()} (median {int(np.median(h))}), "
-                f"width {w.min()}-{w.max()} (median {int(np.median(w))})")
+        return (
+            f"height {h.min()}-{h.max()} (median {int(np.median(h))}), "
+            f"width {w.min()}-{w.max()} (median {int(np.median(w))})"
+        )
 
 
-def check_records(records: Sequence[ImageRecord],
-                  advance: Callable[[], None] | None = None) -> DatasetStats:
+def check_records(records: Sequence[ImageRecord], advance: Callable[[], None] | None = None) -> DatasetStats:
     """Decode every image and mask; raises ``DataError`` naming the first bad file."""
     stats = DatasetStats()
     for rec in records:

@@ -25,7 +25,9 @@ def manifests_hash(manifests: Iterable[Manifest]) -> str:
     return cache_key("manifests", "1", *(m.content_hash for m in manifests))
 
 
-def stage_cache_policy(key_fn: Callable[[Any, dict[str, Any]], str], store_root: str | Path) -> CacheKeyFnPolicy:
+def stage_cache_policy(
+    key_fn: Callable[[Any, dict[str, Any]], str], store_root: str | Path
+) -> CacheKeyFnPolicy:
     """A cache policy keyed by ``key_fn`` whose records live in the store (deleted with it)."""
     return CacheKeyFnPolicy(cache_key_fn=key_fn).configure(key_storage=str(Path(store_root) / ".cache"))
 

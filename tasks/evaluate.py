@@ -36,13 +36,20 @@ CHUNK = 64
 
 
 def evaluate_key(config: RunConfig, split: Manifest, model: Manifest) -> str:
-    return cache_key(STAGE, STAGE_VERSION, split.content_hash, model.content_hash, str(config.image_size),
-                     str(config.threshold))
+    return cache_key(
+        STAGE,
+        STAGE_VERSION,
+        split.content_hash,
+        model.content_hash,
+        str(config.image_size),
+        str(config.threshold),
+    )
 
 
 @task(name="evaluate", persist_result=True)
-def evaluate_model(config: RunConfig, priors: PriorsFile, split: Manifest, model_manifest: Manifest,
-                   key: str) -> Manifest:
+def evaluate_model(
+    config: RunConfig, priors: PriorsFile, split: Manifest, model_manifest: Manifest, key: str
+) -> Manifest:
     """Predict every test image, store maps and rows, compute I-AUC / P-AUC / PRO / Acc / mIoU."""
     layout = RunLayout.for_config(config.store, config.name)
     out = layout.stage_dir(STAGE, key)
@@ -50,11 +57,16 @@ def evaluate_model(config: RunConfig, priors: PriorsFile, split: Manifest, model
     rows = read_split(layout.root / split.uris["split"]).filter(pl.col("split") == "test").sort("image_id")
     n, size, k = rows.height, config.image_size, len(priors.categories)
     names = ["normal", *priors.names] + (["other"] if config.discriminator.open_set else [])
-    group = create_group(out / "maps.zarr", {
-        "anomaly_maps": ((n, size, size), "float32"), "class_maps": ((n, size, size), "uint8"),
-        "gt_class_maps": ((n, size, size), "uint8"),
-    }, attrs=provenance(config.to_json(), {"stage": STAGE, "cache_key": key, "class_names": names}),
-        overwrite=True)
+    group = create_group(
+        out / "maps.zarr",
+        {
+            "anomaly_maps": ((n, size, size), "float32"),
+            "class_maps": ((n, size, size), "uint8"),
+            "gt_class_maps": ((n, size, size), "uint8"),
+        },
+        attrs=provenance(config.to_json(), {"stage": STAGE, "cache_key": key, "class_names": names}),
+        overwrite=True,
+    )
     anomaly_maps = np.zeros((n, size, size), np.float32)
     class_maps = np.zeros((n, size, size), np.uint8)
     gt_maps = np.zeros((n, size, size), np.uint8)
@@ -64,17 +76,33 @@ def evaluate_model(config: RunConfig, priors: PriorsFile, split: Manifest, model
         pred = predict(model, images, config.threshold)
         stop = start + chunk.height
         anomaly_maps[start:stop], class_maps[start:stop], gt_maps[start:stop] = (
-            pred.anomaly_maps, pred.class_maps, gt)
+            pred.anomaly_maps,
+            pred.class_maps,
+            gt,
+        )
         for j in range(chunk.height):
-            write_sample(group, start + j, anomaly_maps=pred.anomaly_maps[j], class_maps=pred.class_maps[j],
-                         gt_class_maps=gt[j])
-        write_part(out / "predictions", part, {
-            "image_id": chunk["image_id"].to_list(), "label_name": chunk["label_name"].to_list(),
-            "label_index": chunk["label_index"].to_list(), "image_score": pred.image_scores.tolist(),
-            "pred_index": pred.image_classes.tolist(),
-            "pred_name": [names[int(c)] for c in pred.image_classes],
-            "zarr_index": list(range(start, stop)), "config_hash": [config.config_hash()] * chunk.height,
-        }, PREDICTIONS)
+            write_sample(
+                group,
+                start + j,
+                anomaly_maps=pred.anomaly_maps[j],
+                class_maps=pred.class_maps[j],
+                gt_class_maps=gt[j],
+            )
+        write_part(
+            out / "predictions",
+            part,
+            {
+                "image_id": chunk["image_id"].to_list(),
+                "label_name": chunk["label_name"].to_list(),
+                "label_index": chunk["label_index"].to_list(),
+                "image_score": pred.image_scores.tolist(),
+                "pred_index": pred.image_classes.tolist(),
+                "pred_name": [names[int(c)] for c in pred.image_classes],
+                "zarr_index": list(range(start, stop)),
+                "config_hash": [config.config_hash()] * chunk.height,
+            },
+            PREDICTIONS,
+        )
     # Acc/mIoU are defined over the K known categories; an open-set "other" prediction counts as wrong.
     eval_classes = np.where(class_maps > k, 0, class_maps) if config.discriminator.open_set else class_maps
     labels = rows["label_index"].to_numpy().astype(np.int64)
@@ -82,8 +110,15 @@ def evaluate_model(config: RunConfig, priors: PriorsFile, split: Manifest, model
     table = metrics.metrics_table({config.dataset.image_class or "magnetic_tile": result})
     write_metrics_table(table, out / "metrics.parquet")
     digest = hashlib.sha256(anomaly_maps.tobytes() + class_maps.tobytes()).hexdigest()
-    return Manifest(stage=STAGE, run_dir=str(layout.root),
-                    uris={"zarr": str((out / "maps.zarr").relative_to(layout.root)),
-                          "predictions": str((out / "predictions").relative_to(layout.root)),
-                          "metrics": str((out / "metrics.parquet").relative_to(layout.root))},
-                    counts={"test": n}, content_hash=digest, cache_key=key)
+    return Manifest(
+        stage=STAGE,
+        run_dir=str(layout.root),
+        uris={
+            "zarr": str((out / "maps.zarr").relative_to(layout.root)),
+            "predictions": str((out / "predictions").relative_to(layout.root)),
+            "metrics": str((out / "metrics.parquet").relative_to(layout.root)),
+        },
+        counts={"test": n},
+        content_hash=digest,
+        cache_key=key,
+    )

@@ -48,9 +48,19 @@ def category_key(config: RunConfig, priors: PriorsFile, category: str, support: 
     others = ""
     if scorer == "clip-region":
         others = "|".join(p.model_dump_json() for p in priors.categories if p.name != category)
-    return cache_key(STAGE, STAGE_VERSION, prior.model_dump_json(), str(priors.names.index(category) + 1),
-                     config.setting, config.synthesis.model_dump_json(), config.selection.model_dump_json(),
-                     str(config.seed), str(config.image_size), support.content_hash, others)
+    return cache_key(
+        STAGE,
+        STAGE_VERSION,
+        prior.model_dump_json(),
+        str(priors.names.index(category) + 1),
+        config.setting,
+        config.synthesis.model_dump_json(),
+        config.selection.model_dump_json(),
+        str(config.seed),
+        str(config.image_size),
+        support.content_hash,
+        others,
+    )
 
 
 def _load_support(layout: RunLayout, support: Manifest) -> tuple[dict[str, np.ndarray], pl.DataFrame]:
@@ -68,8 +78,13 @@ def _synthesizer(name: str, synthesis_json: str):
     return get_synthesizer(name, SynthesisConfig.model_validate_json(synthesis_json))
 
 
-def _selector(config: RunConfig, prior: AnomalyPrior, others: tuple[AnomalyPrior, ...],
-              arrays: dict[str, np.ndarray], rows: pl.DataFrame):
+def _selector(
+    config: RunConfig,
+    prior: AnomalyPrior,
+    others: tuple[AnomalyPrior, ...],
+    arrays: dict[str, np.ndarray],
+    rows: pl.DataFrame,
+):
     """A function rng -> SelectedSample for this category and setting."""
     from uniadc import selection
     from uniadc.synthesis.cutpaste import extract_regions
@@ -88,31 +103,59 @@ def _selector(config: RunConfig, prior: AnomalyPrior, others: tuple[AnomalyPrior
         support_ids = np.flatnonzero((rows["label_name"] == prior.name).to_numpy())
         regions = []
         for i in support_ids:
-            regions += extract_regions(arrays["images"][i], arrays["masks"][i], rows["image_id"][int(i)],
-                                       syn.cutpaste)
+            regions += extract_regions(
+                arrays["images"][i], arrays["masks"][i], rows["image_id"][int(i)], syn.cutpaste
+            )
         if not regions:
             # every support defect is below min_region_px at this resolution (tiny blowholes at 256²):
             # use the largest component instead of failing, and say so in the log.
             tiny = syn.cutpaste.model_copy(update={"min_region_px": 1})
             for i in support_ids:
-                regions += extract_regions(arrays["images"][i], arrays["masks"][i], rows["image_id"][int(i)], tiny)
+                regions += extract_regions(
+                    arrays["images"][i], arrays["masks"][i], rows["image_id"][int(i)], tiny
+                )
             regions = sorted(regions, key=lambda r: int(r.mask.sum()))[-1:]
-            print(f"{prior.name}: no support region of >= {syn.cutpaste.min_region_px} px; using the largest "
-                  f"({int(regions[0].mask.sum()) if regions else 0} px)")
+            print(
+                f"{prior.name}: no support region of >= {syn.cutpaste.min_region_px} px; using the largest "
+                f"({int(regions[0].mask.sum()) if regions else 0} px)"
+            )
         if not regions:
-            raise ValueError(f"category {prior.name!r}: the support images {label['image_id'].to_list()} have "
-                             f"empty defect masks at image_size {config.image_size}")
-        repaint = _synthesizer("procedural" if backend in ("cutpaste", "procedural") else backend,
-                               syn.model_dump_json())
+            raise ValueError(
+                f"category {prior.name!r}: the support images {label['image_id'].to_list()} have "
+                f"empty defect masks at image_size {config.image_size}"
+            )
+        repaint = _synthesizer(
+            "procedural" if backend in ("cutpaste", "procedural") else backend, syn.model_dump_json()
+        )
         return lambda rng: selection.select_few_shot(
-            normals, fgs, regions, prior, repaint, scorer, syn.masks_per_sample, syn.noise_factors, rng,
-            syn.cutpaste, other_priors=others, batch_size=batch)
+            normals,
+            fgs,
+            regions,
+            prior,
+            repaint,
+            scorer,
+            syn.masks_per_sample,
+            syn.noise_factors,
+            rng,
+            syn.cutpaste,
+            other_priors=others,
+            batch_size=batch,
+        )
     if backend == "cutpaste":
         raise ValueError("synthesis.backend: 'cutpaste' needs real anomalies (setting few_shot)")
     synthesizer = _synthesizer(backend, syn.model_dump_json())
     return lambda rng: selection.select_zero_shot(
-        normals, fgs, prior, others, synthesizer, scorer, syn.masks_per_sample, syn.noise_factors, rng,
-        batch_size=batch)
+        normals,
+        fgs,
+        prior,
+        others,
+        synthesizer,
+        scorer,
+        syn.masks_per_sample,
+        syn.noise_factors,
+        rng,
+        batch_size=batch,
+    )
 
 
 def committed(rows_dir) -> pl.DataFrame:
@@ -120,19 +163,27 @@ def committed(rows_dir) -> pl.DataFrame:
 
 
 @task(name="regenerate-category", persist_result=True)
-def regenerate_category(config: RunConfig, priors: PriorsFile, category: str, support: Manifest,
-                        key: str) -> Manifest:
+def regenerate_category(
+    config: RunConfig, priors: PriorsFile, category: str, support: Manifest, key: str
+) -> Manifest:
     """Synthesise and select ``synthesis.samples_per_category`` samples of ``category``; resumable."""
     layout = RunLayout.for_config(config.store, config.name)
     out = layout.stage_dir(STAGE, key, unit=category)
     n, size = config.synthesis.samples_per_category, config.image_size
     prior = priors.category(category)
     label = priors.names.index(category) + 1
-    group = create_group(out / "samples.zarr", {
-        "images": ((n, size, size, 3), "uint8"), "masks": ((n, size, size), "bool"),
-        "class_masks": ((n, size, size), "uint8"),
-    }, attrs=provenance(config.to_json(), {"stage": STAGE, "category": category, "prior": prior.model_dump_json(),
-                                           "cache_key": key}))
+    group = create_group(
+        out / "samples.zarr",
+        {
+            "images": ((n, size, size, 3), "uint8"),
+            "masks": ((n, size, size), "bool"),
+            "class_masks": ((n, size, size), "uint8"),
+        },
+        attrs=provenance(
+            config.to_json(),
+            {"stage": STAGE, "category": category, "prior": prior.model_dump_json(), "cache_key": key},
+        ),
+    )
     done = set(committed(out / "samples")["zarr_index"].to_list())
     todo = [i for i in range(n) if i not in done]
     if todo:
@@ -142,18 +193,29 @@ def regenerate_category(config: RunConfig, priors: PriorsFile, category: str, su
         source_ids = rows.filter(pl.col("label_index") == 0)["image_id"].to_list()
         config_hash = config.config_hash()
         for start in range(0, len(todo), COMMIT_EVERY):
-            batch = todo[start:start + COMMIT_EVERY]
+            batch = todo[start : start + COMMIT_EVERY]
             cols: dict[str, list] = {name: [] for name in SAMPLES.names}
             for i in batch:
                 s = select(sample_rng(config.seed, category, i))
-                write_sample(group, i, images=s.image, masks=s.mask, class_masks=s.mask.astype(np.uint8) * label)
-                for name, value in (("sample_id", f"{category}-{key[:12]}-{i:04d}"), ("run_id", config.name),
-                                    ("category", category), ("label_index", label), ("split", "synthetic"),
-                                    ("source_image_id", source_ids[s.source_index]), ("mask_type", s.mask_shape),
-                                    ("mask_size", s.mask_size), ("seed", config.seed),
-                                    ("noise_factor", s.noise_factor), ("selection_score", s.score),
-                                    ("zarr_index", i), ("config_hash", config_hash),
-                                    ("created_at", dt.datetime.now(dt.UTC))):
+                write_sample(
+                    group, i, images=s.image, masks=s.mask, class_masks=s.mask.astype(np.uint8) * label
+                )
+                for name, value in (
+                    ("sample_id", f"{category}-{key[:12]}-{i:04d}"),
+                    ("run_id", config.name),
+                    ("category", category),
+                    ("label_index", label),
+                    ("split", "synthetic"),
+                    ("source_image_id", source_ids[s.source_index]),
+                    ("mask_type", s.mask_shape),
+                    ("mask_size", s.mask_size),
+                    ("seed", config.seed),
+                    ("noise_factor", s.noise_factor),
+                    ("selection_score", s.score),
+                    ("zarr_index", i),
+                    ("config_hash", config_hash),
+                    ("created_at", dt.datetime.now(dt.UTC)),
+                ):
                     cols[name].append(value)
             write_part(out / "samples", batch[0], cols, SAMPLES)
     rows_df = committed(out / "samples").sort("zarr_index")
@@ -162,9 +224,19 @@ def regenerate_category(config: RunConfig, priors: PriorsFile, category: str, su
     digest = hashlib.sha256()
     for name in ("images", "masks"):
         digest.update(np.ascontiguousarray(group[name][:]).tobytes())
-    return Manifest(stage=STAGE, key=category, run_dir=str(layout.root),
-                    uris={"zarr": str((out / "samples.zarr").relative_to(layout.root)),
-                          "rows": str((out / "samples").relative_to(layout.root))},
-                    counts={"samples": n, "label_index": label,
-                            "mean_score_milli": int(round(1000 * float(rows_df["selection_score"].mean())))},
-                    content_hash=digest.hexdigest(), cache_key=key)
+    return Manifest(
+        stage=STAGE,
+        key=category,
+        run_dir=str(layout.root),
+        uris={
+            "zarr": str((out / "samples.zarr").relative_to(layout.root)),
+            "rows": str((out / "samples").relative_to(layout.root)),
+        },
+        counts={
+            "samples": n,
+            "label_index": label,
+            "mean_score_milli": int(round(1000 * float(rows_df["selection_score"].mean()))),
+        },
+        content_hash=digest.hexdigest(),
+        cache_key=key,
+    )

@@ -13,9 +13,9 @@ from schemas.manifests import Manifest
 from schemas.priors import PriorsFile
 from storage.arrays import open_group, read_samples
 from storage.evaluation import load_test_chunk
-from storage.split import read_split
-from storage.parquet import read_parts
 from storage.files import write_text_atomic
+from storage.parquet import read_parts
+from storage.split import read_split
 from uniadc.metrics import METRIC_COLUMNS
 from uniadc.report import CategoryView, render_report
 
@@ -24,12 +24,21 @@ TESTS_SHOWN = 3
 
 
 @task(name="report")
-def write_report(config: RunConfig, priors: PriorsFile, split: Manifest, support: Manifest,
-                 samples: list[Manifest], model: Manifest, evaluation: Manifest) -> str:
+def write_report(
+    config: RunConfig,
+    priors: PriorsFile,
+    split: Manifest,
+    support: Manifest,
+    samples: list[Manifest],
+    model: Manifest,
+    evaluation: Manifest,
+) -> str:
     root = Path(evaluation.run_dir)
     metrics = pl.read_parquet(root / evaluation.uris["metrics"])
     split_rows = read_split(root / split.uris["split"]).select("image_id", "path", "mask_path")
-    preds = read_parts(root / evaluation.uris["predictions"]).sort("zarr_index").join(split_rows, on="image_id")
+    preds = (
+        read_parts(root / evaluation.uris["predictions"]).sort("zarr_index").join(split_rows, on="image_id")
+    )
     maps = open_group(root / evaluation.uris["zarr"])
     names = ["normal", *priors.names] + (["other"] if config.discriminator.open_set else [])
     views = []
@@ -39,39 +48,82 @@ def write_report(config: RunConfig, priors: PriorsFile, split: Manifest, support
         g = open_group(root / m.uris["zarr"])
         shown = np.arange(min(SAMPLES_SHOWN, m.counts["samples"]))
         test = preds.filter(pl.col("label_index") == index).head(TESTS_SHOWN)
-        views.append(_view(prior.name, index, prior.descriptions[0], read_samples(g, "images", shown),
-                           read_samples(g, "masks", shown), test, maps, config.image_size))
-    normal = _view("normal (test images without defects)", 0, "", np.zeros((0, 1, 1, 3), np.uint8),
-                   np.zeros((0, 1, 1), bool), preds.filter(pl.col("label_index") == 0).head(TESTS_SHOWN), maps,
-                   config.image_size)
+        views.append(
+            _view(
+                prior.name,
+                index,
+                prior.descriptions[0],
+                read_samples(g, "images", shown),
+                read_samples(g, "masks", shown),
+                test,
+                maps,
+                config.image_size,
+            )
+        )
+    normal = _view(
+        "normal (test images without defects)",
+        0,
+        "",
+        np.zeros((0, 1, 1, 3), np.uint8),
+        np.zeros((0, 1, 1), bool),
+        preds.filter(pl.col("label_index") == 0).head(TESTS_SHOWN),
+        maps,
+        config.image_size,
+    )
     backend = config.synthesis.resolved_backend(config.setting)
     summary = [
         ("dataset", f"{config.dataset.kind} at {config.dataset.root} / {config.dataset.image_class or ''}"),
-        ("setting", f"{config.setting}: {support.counts['normal']} normal + {support.counts['anomaly']} defect "
-                    "support images; every other image is a test image"),
-        ("synthesis", f"{backend}, {config.synthesis.samples_per_category} selected per category from "
-                      f"{config.synthesis.masks_per_sample} masks x noise factors "
-                      f"{list(config.synthesis.noise_factors)}, scorer "
-                      f"{config.selection.resolved_scorer(backend)}"),
-        ("discriminator", f"{config.discriminator.backbone} + {config.discriminator.text_encoder}, "
-                          f"{model.counts['iterations']} iterations, last iteration kept"),
+        (
+            "setting",
+            f"{config.setting}: {support.counts['normal']} normal + {support.counts['anomaly']} defect "
+            "support images; every other image is a test image",
+        ),
+        (
+            "synthesis",
+            f"{backend}, {config.synthesis.samples_per_category} selected per category from "
+            f"{config.synthesis.masks_per_sample} masks x noise factors "
+            f"{list(config.synthesis.noise_factors)}, scorer "
+            f"{config.selection.resolved_scorer(backend)}",
+        ),
+        (
+            "discriminator",
+            f"{config.discriminator.backbone} + {config.discriminator.text_encoder}, "
+            f"{model.counts['iterations']} iterations, last iteration kept",
+        ),
         ("threshold", f"{config.threshold} (fixed; never tuned on test data)"),
         ("test images", str(evaluation.counts["test"])),
     ]
-    rows = [[r["image_class"], *(f"{100 * r[c]:.2f}" for c in METRIC_COLUMNS), r["n_images"]]
-            for r in metrics.iter_rows(named=True)]
-    page = render_report(f"uniadc run {config.name}", summary, ["image class", *METRIC_COLUMNS, "images"], rows,
-                         views, names, normal_examples=normal)
+    rows = [
+        [r["image_class"], *(f"{100 * r[c]:.2f}" for c in METRIC_COLUMNS), r["n_images"]]
+        for r in metrics.iter_rows(named=True)
+    ]
+    page = render_report(
+        f"uniadc run {config.name}",
+        summary,
+        ["image class", *METRIC_COLUMNS, "images"],
+        rows,
+        views,
+        names,
+        normal_examples=normal,
+    )
     out = root / "report.html"
     write_text_atomic(out, page)
     return str(out)
 
 
-def _view(name, index, description, synthetic, synthetic_masks, test: pl.DataFrame, maps, size) -> CategoryView:
+def _view(
+    name, index, description, synthetic, synthetic_masks, test: pl.DataFrame, maps, size
+) -> CategoryView:
     idx = test["zarr_index"].to_numpy()
     images, _ = load_test_chunk(test, size)
-    return CategoryView(name=name, index=index, description=description, synthetic=synthetic,
-                        synthetic_masks=synthetic_masks, test_images=images,
-                        test_gt=read_samples(maps, "gt_class_maps", idx),
-                        test_pred=read_samples(maps, "class_maps", idx),
-                        test_pred_names=test["pred_name"].to_list())
+    return CategoryView(
+        name=name,
+        index=index,
+        description=description,
+        synthetic=synthetic,
+        synthetic_masks=synthetic_masks,
+        test_images=images,
+        test_gt=read_samples(maps, "gt_class_maps", idx),
+        test_pred=read_samples(maps, "class_maps", idx),
+        test_pred_names=test["pred_name"].to_list(),
+    )

@@ -25,8 +25,14 @@ def split_key(config: RunConfig) -> str:
     priors = load_run_priors(config)
     records = scan_dataset(config.dataset.kind, config.dataset.root, config.dataset.image_class, priors.names)
     draw = f"{config.setting}|{config.k_normal}|{config.k_anomaly}|{config.seed}"
-    return cache_key(STAGE, STAGE_VERSION, config.dataset.model_dump_json(), ",".join(priors.names), draw,
-                     dataset_hash(records))
+    return cache_key(
+        STAGE,
+        STAGE_VERSION,
+        config.dataset.model_dump_json(),
+        ",".join(priors.names),
+        draw,
+        dataset_hash(records),
+    )
 
 
 @task(name="split", persist_result=True)
@@ -40,7 +46,10 @@ def split_dataset(config: RunConfig, key: str) -> Manifest:
     write_split(table, out)
     splits = table.column("split").to_pylist()
     return Manifest(
-        stage=STAGE, run_dir=str(layout.root), uris={"split": str(out.relative_to(layout.root))},
+        stage=STAGE,
+        run_dir=str(layout.root),
+        uris={"split": str(out.relative_to(layout.root))},
         counts={"support": splits.count("support"), "test": splits.count("test")},
-        content_hash=file_sha256(out), cache_key=key,
+        content_hash=file_sha256(out),
+        cache_key=key,
     )

@@ -40,8 +40,11 @@ def _foregrounds(images: np.ndarray) -> np.ndarray:
 def prepare_support(config: RunConfig, split: Manifest, key: str) -> Manifest:
     """Read, resize and segment the support images once for every later stage."""
     layout = RunLayout.for_config(config.store, config.name)
-    rows = read_split(layout.root / split.uris["split"]).filter(pl.col("split") == "support").sort(
-        ["label_index", "image_id"])
+    rows = (
+        read_split(layout.root / split.uris["split"])
+        .filter(pl.col("split") == "support")
+        .sort(["label_index", "image_id"])
+    )
     size = config.image_size
     n = rows.height
     images = np.zeros((n, size, size, 3), np.uint8)
@@ -57,17 +60,36 @@ def prepare_support(config: RunConfig, split: Manifest, key: str) -> Manifest:
     if normal.any():
         foregrounds[normal] = _foregrounds(images[normal])
     out = layout.stage_dir(STAGE, key)
-    group = create_group(out / "support.zarr", {
-        "images": ((n, size, size, 3), "uint8"), "masks": ((n, size, size), "bool"),
-        "class_masks": ((n, size, size), "uint8"), "foregrounds": ((n, size, size), "bool"),
-    }, attrs=provenance(config.to_json(), {"stage": STAGE, "cache_key": key}), overwrite=True)
+    group = create_group(
+        out / "support.zarr",
+        {
+            "images": ((n, size, size, 3), "uint8"),
+            "masks": ((n, size, size), "bool"),
+            "class_masks": ((n, size, size), "uint8"),
+            "foregrounds": ((n, size, size), "bool"),
+        },
+        attrs=provenance(config.to_json(), {"stage": STAGE, "cache_key": key}),
+        overwrite=True,
+    )
     for i in range(n):
-        write_sample(group, i, images=images[i], masks=masks[i], class_masks=masks[i] * labels[i],
-                     foregrounds=foregrounds[i])
+        write_sample(
+            group,
+            i,
+            images=images[i],
+            masks=masks[i],
+            class_masks=masks[i] * labels[i],
+            foregrounds=foregrounds[i],
+        )
     write_table_atomic(rows.to_arrow(), out / "support.parquet")
     digest = hashlib.sha256(images.tobytes() + masks.tobytes() + foregrounds.tobytes()).hexdigest()
-    return Manifest(stage=STAGE, run_dir=str(layout.root),
-                    uris={"zarr": str((out / "support.zarr").relative_to(layout.root)),
-                          "rows": str((out / "support.parquet").relative_to(layout.root))},
-                    counts={"normal": int(normal.sum()), "anomaly": int((~normal).sum())},
-                    content_hash=digest, cache_key=key)
+    return Manifest(
+        stage=STAGE,
+        run_dir=str(layout.root),
+        uris={
+            "zarr": str((out / "support.zarr").relative_to(layout.root)),
+            "rows": str((out / "support.parquet").relative_to(layout.root)),
+        },
+        counts={"normal": int(normal.sum()), "anomaly": int((~normal).sum())},
+        content_hash=digest,
+        cache_key=key,
+    )

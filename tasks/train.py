@@ -35,12 +35,22 @@ OPEN_SET_SAMPLES = 16
 
 def train_key(config: RunConfig, priors: PriorsFile, support: Manifest, samples: Sequence[Manifest]) -> str:
     texts = "|".join(p.model_dump_json(include={"name", "descriptions"}) for p in priors.categories)
-    return cache_key(STAGE, STAGE_VERSION, support.content_hash, *(m.content_hash for m in samples), texts,
-                     config.discriminator.model_dump_json(), str(config.seed), str(config.image_size),
-                     config.setting)
+    return cache_key(
+        STAGE,
+        STAGE_VERSION,
+        support.content_hash,
+        *(m.content_hash for m in samples),
+        texts,
+        config.discriminator.model_dump_json(),
+        str(config.seed),
+        str(config.image_size),
+        config.setting,
+    )
 
 
-def load_training_data(root: Path, support: Manifest, samples: Sequence[Manifest], few_shot: bool) -> TrainingData:
+def load_training_data(
+    root: Path, support: Manifest, samples: Sequence[Manifest], few_shot: bool
+) -> TrainingData:
     """Read the training arrays of a run through its manifests."""
     group = open_group(root / support.uris["zarr"])
     rows = pl.read_parquet(root / support.uris["rows"])
@@ -59,12 +69,17 @@ def load_training_data(root: Path, support: Manifest, samples: Sequence[Manifest
         images.append(read_samples(group, "images", idx_real))
         masks.append(read_samples(group, "class_masks", idx_real))
         real.append(np.ones(len(idx_real), bool))
-    return TrainingData(normals=normals, anomalies=np.concatenate(images), anomaly_masks=np.concatenate(masks),
-                        anomaly_is_real=np.concatenate(real))
+    return TrainingData(
+        normals=normals,
+        anomalies=np.concatenate(images),
+        anomaly_masks=np.concatenate(masks),
+        anomaly_is_real=np.concatenate(real),
+    )
 
 
-def class_agnostic_anomalies(config: RunConfig, normals: np.ndarray, foregrounds: np.ndarray,
-                             other_label: int) -> tuple[np.ndarray, np.ndarray]:
+def class_agnostic_anomalies(
+    config: RunConfig, normals: np.ndarray, foregrounds: np.ndarray, other_label: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Open-set training data: anomalies of every mask type and a random appearance, labelled ``other_label``."""
     from uniadc.selection import select_zero_shot
     from uniadc.synthesis.registry import get_scorer, get_synthesizer
@@ -75,8 +90,9 @@ def class_agnostic_anomalies(config: RunConfig, normals: np.ndarray, foregrounds
     images, masks = [], []
     for i in range(OPEN_SET_SAMPLES):
         rng = np.random.default_rng([config.seed, zlib.crc32(b"open-set"), i])
-        s = select_zero_shot(normals, foregrounds, prior, (), synthesizer, scorer, 4, config.synthesis.noise_factors,
-                             rng)
+        s = select_zero_shot(
+            normals, foregrounds, prior, (), synthesizer, scorer, 4, config.synthesis.noise_factors, rng
+        )
         images.append(s.image)
         masks.append(s.mask.astype(np.uint8) * other_label)
     return np.stack(images), np.stack(masks)
@@ -89,19 +105,25 @@ def augment_training_data(data: TrainingData, config: RunConfig) -> TrainingData
     normals, _ = augment(data.normals, None, d.augment_normal_copies, rng)
     anomalies, masks = augment(data.anomalies, data.anomaly_masks, d.augment_anomaly_copies, rng)
     real = data.anomaly_is_real if data.anomaly_is_real is not None else np.zeros(len(data.anomalies), bool)
-    return TrainingData(normals=normals, anomalies=anomalies, anomaly_masks=masks,
-                        anomaly_is_real=np.tile(real, 1 + d.augment_anomaly_copies))
+    return TrainingData(
+        normals=normals,
+        anomalies=anomalies,
+        anomaly_masks=masks,
+        anomaly_is_real=np.tile(real, 1 + d.augment_anomaly_copies),
+    )
 
 
 def load_model(path: str | Path) -> Discriminator:
     ckpt = load_discriminator(path)
-    return restore_discriminator(ckpt.state, ckpt.config, ckpt.category_texts, ckpt.image_size, ckpt.seed,
-                                 ckpt.backbone_sha256)
+    return restore_discriminator(
+        ckpt.state, ckpt.config, ckpt.category_texts, ckpt.image_size, ckpt.seed, ckpt.backbone_sha256
+    )
 
 
 @task(name="train", persist_result=True)
-def train_model(config: RunConfig, priors: PriorsFile, support: Manifest, samples: list[Manifest],
-                key: str) -> Manifest:
+def train_model(
+    config: RunConfig, priors: PriorsFile, support: Manifest, samples: list[Manifest], key: str
+) -> Manifest:
     """Train the discriminator for ``discriminator.iterations`` and save the last iteration."""
     layout = RunLayout.for_config(config.store, config.name)
     data = load_training_data(layout.root, support, samples, few_shot=config.setting == "few_shot")
@@ -110,20 +132,36 @@ def train_model(config: RunConfig, priors: PriorsFile, support: Manifest, sample
         labels = pl.read_parquet(layout.root / support.uris["rows"])["label_index"].to_numpy()
         fgs = read_samples(group, "foregrounds", np.flatnonzero(labels == 0))
         extra, extra_masks = class_agnostic_anomalies(config, data.normals, fgs, len(priors.categories) + 1)
-        real = data.anomaly_is_real if data.anomaly_is_real is not None else np.zeros(len(data.anomalies), bool)
-        data = TrainingData(normals=data.normals, anomalies=np.concatenate([data.anomalies, extra]),
-                            anomaly_masks=np.concatenate([data.anomaly_masks, extra_masks]),
-                            anomaly_is_real=np.concatenate([real, np.zeros(len(extra), bool)]))
+        real = (
+            data.anomaly_is_real if data.anomaly_is_real is not None else np.zeros(len(data.anomalies), bool)
+        )
+        data = TrainingData(
+            normals=data.normals,
+            anomalies=np.concatenate([data.anomalies, extra]),
+            anomaly_masks=np.concatenate([data.anomaly_masks, extra_masks]),
+            anomaly_is_real=np.concatenate([real, np.zeros(len(extra), bool)]),
+        )
     data = augment_training_data(data, config)
-    model = build_discriminator(config.discriminator, [list(p.descriptions) for p in priors.categories],
-                                config.image_size, config.seed)
+    model = build_discriminator(
+        config.discriminator,
+        [list(p.descriptions) for p in priors.categories],
+        config.image_size,
+        config.seed,
+    )
     history = fit(model, data, config.discriminator, config.seed)
     out = layout.stage_dir(STAGE, key) / "model.safetensors"
     save_discriminator(out, model)
     digest = hashlib.sha256(Path(out).read_bytes()).hexdigest()
-    return Manifest(stage=STAGE, run_dir=str(layout.root),
-                    uris={"checkpoint": str(out.relative_to(layout.root))},
-                    counts={"iterations": len(history), "normals": len(data.normals),
-                            "anomalies": len(data.anomalies),
-                            "final_loss_milli": int(round(1000 * float(np.mean(history[-10:]))))},
-                    content_hash=digest, cache_key=key)
+    return Manifest(
+        stage=STAGE,
+        run_dir=str(layout.root),
+        uris={"checkpoint": str(out.relative_to(layout.root))},
+        counts={
+            "iterations": len(history),
+            "normals": len(data.normals),
+            "anomalies": len(data.anomalies),
+            "final_loss_milli": int(round(1000 * float(np.mean(history[-10:])))),
+        },
+        content_hash=digest,
+        cache_key=key,
+    )

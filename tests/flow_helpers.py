@@ -14,7 +14,8 @@ def task_states(flow_state) -> dict[str, str]:
     async def read():
         async with get_client() as client:
             runs = await client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id])))
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id]))
+            )
             return {r.name: r.state.name for r in runs}
 
     return asyncio.run(read())

@@ -15,12 +15,20 @@ def _img(rng: np.random.Generator, size: int = 32) -> Image.Image:
 def _mask(rng: np.random.Generator, size: int = 32) -> Image.Image:
     m = np.zeros((size, size), np.uint8)
     y, x = rng.integers(2, size - 10, 2)
-    m[y:y + 6, x:x + 6] = 255
+    m[y : y + 6, x : x + 6] = 255
     return Image.fromarray(m)
 
 
-def make_mvtec(root: Path, image_class: str = "widget", defects=("dent", "scratch"), n_train: int = 5,
-               n_good: int = 3, n_defect: int = 3, size: int = 32, seed: int = 0) -> Path:
+def make_mvtec(
+    root: Path,
+    image_class: str = "widget",
+    defects=("dent", "scratch"),
+    n_train: int = 5,
+    n_good: int = 3,
+    n_defect: int = 3,
+    size: int = 32,
+    seed: int = 0,
+) -> Path:
     """MVTec AD layout with random images; returns the dataset root."""
     rng = np.random.default_rng(seed)
     base = root / image_class

@@ -34,7 +34,9 @@ def test_help():
 
 def test_prior_with_hexagon(tmp_path):
     f = tmp_path / "p.yaml"
-    f.write_text("dataset: d\nimage_class: c\ncategories:\n  - name: a\n    descriptions: [x]\n    shapes: [hexagon]\n")
+    f.write_text(
+        "dataset: d\nimage_class: c\ncategories:\n  - name: a\n    descriptions: [x]\n    shapes: [hexagon]\n"
+    )
     _assert_user_error(_run("priors", "validate", str(f)), "p.yaml", "categories.[0].shapes.[0]", "hexagon")
 
 
@@ -47,8 +49,10 @@ def test_priors_validate_repository_files():
 def _config(tmp_path, root, store):
     priors = write_priors(tmp_path / "p.yaml", "widget", ["dent", "scratch"])
     cfg = tmp_path / "run.yaml"
-    cfg.write_text(f"name: t\ndataset: {{kind: mvtec, root: {root}, image_class: widget, priors: {priors}}}\n"
-                   f"store: {store}\n")
+    cfg.write_text(
+        f"name: t\ndataset: {{kind: mvtec, root: {root}, image_class: widget, priors: {priors}}}\n"
+        f"store: {store}\n"
+    )
     return cfg
 
 
@@ -57,8 +61,11 @@ def test_truncated_jpeg(tmp_path):
     bad = root / "widget" / "test" / "good" / "001.jpg"
     Image.fromarray(np.full((32, 32, 3), 9, np.uint8)).save(bad)
     bad.write_bytes(bad.read_bytes()[:150])
-    _assert_user_error(_run("data", "inspect", "--kind", "mvtec", "--root", str(root), "--image-class", "widget"),
-                       "001.jpg", "cannot decode")
+    _assert_user_error(
+        _run("data", "inspect", "--kind", "mvtec", "--root", str(root), "--image-class", "widget"),
+        "001.jpg",
+        "cannot decode",
+    )
     store = tmp_path / "store"
     _assert_user_error(_run("data", "split", "--config", str(_config(tmp_path, root, store))), "001.jpg")
     assert not store.exists()
@@ -66,24 +73,37 @@ def test_truncated_jpeg(tmp_path):
 
 def test_mask_size_differs(tmp_path):
     root = make_mvtec(tmp_path / "ds")
-    Image.fromarray(np.zeros((16, 16), np.uint8)).save(root / "widget" / "ground_truth" / "dent" / "000_mask.png")
-    _assert_user_error(_run("data", "inspect", "--kind", "mvtec", "--root", str(root), "--image-class", "widget"),
-                       "000_mask.png", "differs from its image")
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(
+        root / "widget" / "ground_truth" / "dent" / "000_mask.png"
+    )
+    _assert_user_error(
+        _run("data", "inspect", "--kind", "mvtec", "--root", str(root), "--image-class", "widget"),
+        "000_mask.png",
+        "differs from its image",
+    )
 
 
 def test_image_class_with_zero_images(tmp_path):
     (tmp_path / "ds" / "empty" / "train" / "good").mkdir(parents=True)
-    _assert_user_error(_run("data", "inspect", "--kind", "mvtec", "--root", str(tmp_path / "ds"),
-                            "--image-class", "empty"), "zero images")
+    _assert_user_error(
+        _run("data", "inspect", "--kind", "mvtec", "--root", str(tmp_path / "ds"), "--image-class", "empty"),
+        "zero images",
+    )
 
 
 def test_bad_override_is_a_field_error(tmp_path):
     root = make_mvtec(tmp_path / "ds")
     store = tmp_path / "store"
-    _assert_user_error(_run("data", "split", "--config", str(_config(tmp_path, root, store)),
-                            "--set", "k_normal=-1"), "k_normal")
-    _assert_user_error(_run("data", "split", "--config", str(_config(tmp_path, root, store)),
-                            "--set", "synthesis.colour=red"), "synthesis.colour")
+    _assert_user_error(
+        _run("data", "split", "--config", str(_config(tmp_path, root, store)), "--set", "k_normal=-1"),
+        "k_normal",
+    )
+    _assert_user_error(
+        _run(
+            "data", "split", "--config", str(_config(tmp_path, root, store)), "--set", "synthesis.colour=red"
+        ),
+        "synthesis.colour",
+    )
     assert not store.exists()
 
 
@@ -91,6 +111,18 @@ def test_bad_override_is_a_field_error(tmp_path):
 def test_inspect_mtd_counts():
     result = _run("data", "inspect", "--kind", "mtd", "--root", str(MTD_ROOT))
     assert result.exit_code == 0, result.output
-    for name, n in {"Blowhole": 115, "Break": 85, "Crack": 57, "Fray": 32, "Uneven": 103, "Free": 952}.items():
-        assert any(line.split("│")[1:3] and line.split("│")[1].strip() == name and line.split("│")[2].strip() == str(n)
-                   for line in result.output.splitlines() if "│" in line), (name, result.output)
+    for name, n in {
+        "Blowhole": 115,
+        "Break": 85,
+        "Crack": 57,
+        "Fray": 32,
+        "Uneven": 103,
+        "Free": 952,
+    }.items():
+        assert any(
+            line.split("│")[1:3]
+            and line.split("│")[1].strip() == name
+            and line.split("│")[2].strip() == str(n)
+            for line in result.output.splitlines()
+            if "│" in line
+        ), (name, result.output)

@@ -75,7 +75,9 @@ def test_truncated_jpeg_names_the_file(tmp_path):
 
 
 def _cfg(**kw):
-    return RunConfig.model_validate({"dataset": {"kind": "mvtec", "root": "x", "image_class": "widget"}, **kw})
+    return RunConfig.model_validate(
+        {"dataset": {"kind": "mvtec", "root": "x", "image_class": "widget"}, **kw}
+    )
 
 
 def test_split_seeded_disjoint_and_recorded(tmp_path):
@@ -84,8 +86,9 @@ def test_split_seeded_disjoint_and_recorded(tmp_path):
     a, b = draw_split(recs, cfg), draw_split(recs, cfg)
     assert a == b
     support = [k for k, v in a.items() if v == "support"]
-    assert len(support) == 2 + 2 and all(k.startswith("train/") or "/dent/" in k or "/scratch/" in k
-                                         for k in support)
+    assert len(support) == 2 + 2 and all(
+        k.startswith("train/") or "/dent/" in k or "/scratch/" in k for k in support
+    )
     assert not any(k.startswith("train/") for k, v in a.items() if v == "test")  # train pool never tested
     others = [draw_split(recs, _cfg(setting="few_shot", k_normal=2, k_anomaly=1, seed=s)) for s in range(6)]
     assert len({tuple(sorted(o.items())) for o in others}) > 1

@@ -18,7 +18,9 @@ from tests.flow_helpers import task_states
 @pytest.fixture(scope="module")
 def demo_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("demo") / "data"
-    build_demo_dataset(root, image_size=64, n_train=3, n_test_good=3, n_test_per_defect=2, image_classes=("grass",))
+    build_demo_dataset(
+        root, image_size=64, n_train=3, n_test_good=3, n_test_per_defect=2, image_classes=("grass",)
+    )
     return root
 
 
@@ -27,12 +29,23 @@ def pipeline_run(prefect_harness, tmp_path_factory, demo_root):
     from flows.pipeline import pipeline_flow
 
     store = tmp_path_factory.mktemp("store")
-    cfg = load_run_config(None, data={
-        "name": "tiny", "dataset": {"kind": "demo", "root": str(demo_root), "image_class": "grass"},
-        "image_size": 64, "store": str(store),
-        "synthesis": {"samples_per_category": 3, "masks_per_sample": 3, "noise_factors": [0.5]},
-        "discriminator": {"backbone": "tiny", "text_encoder": "tiny", "iterations": 8, "batch_size": 4,
-                          "fusion_dim": 16}})
+    cfg = load_run_config(
+        None,
+        data={
+            "name": "tiny",
+            "dataset": {"kind": "demo", "root": str(demo_root), "image_class": "grass"},
+            "image_size": 64,
+            "store": str(store),
+            "synthesis": {"samples_per_category": 3, "masks_per_sample": 3, "noise_factors": [0.5]},
+            "discriminator": {
+                "backbone": "tiny",
+                "text_encoder": "tiny",
+                "iterations": 8,
+                "batch_size": 4,
+                "fusion_dim": 16,
+            },
+        },
+    )
     state = pipeline_flow(cfg, return_state=True)
     return cfg, state
 

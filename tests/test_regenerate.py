@@ -25,14 +25,22 @@ N = 4
 @pytest.fixture(scope="module")
 def demo_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("demo") / "data"
-    build_demo_dataset(root, image_size=64, n_train=3, n_test_good=2, n_test_per_defect=2, image_classes=("brick",))
+    build_demo_dataset(
+        root, image_size=64, n_train=3, n_test_good=2, n_test_per_defect=2, image_classes=("brick",)
+    )
     return root
 
 
 def _config(tmp: Path, demo_root: Path, store: Path, seed: int = 0, priors: Path | None = None):
-    data = {"name": "t", "dataset": {"kind": "demo", "root": str(demo_root), "image_class": "brick"},
-            "k_normal": 2, "seed": seed, "image_size": 64, "store": str(store),
-            "synthesis": {"samples_per_category": N, "masks_per_sample": 3, "noise_factors": [0.5]}}
+    data = {
+        "name": "t",
+        "dataset": {"kind": "demo", "root": str(demo_root), "image_class": "brick"},
+        "k_normal": 2,
+        "seed": seed,
+        "image_size": 64,
+        "store": str(store),
+        "synthesis": {"samples_per_category": N, "masks_per_sample": 3, "noise_factors": [0.5]},
+    }
     if priors is not None:
         data["dataset"]["priors"] = str(priors)
     return load_run_config(None, data=data)
@@ -104,9 +112,10 @@ regenerate_category.fn(*args)
 def test_kill_9_then_rerun_gives_exactly_n_samples(prefect_harness, tmp_path, demo_root):
     import pickle
 
+    from prefect import flow
+
     from flows.data import run_split
     from flows.regenerate import run_support
-    from prefect import flow
     from storage.priors import load_run_priors
     from tasks.regenerate import category_key, regenerate_category
 
@@ -123,8 +132,11 @@ def test_kill_9_then_rerun_gives_exactly_n_samples(prefect_harness, tmp_path, de
     key = category_key(cfg, priors, "hole", support)
     args = tmp_path / "args.pkl"
     args.write_bytes(pickle.dumps((cfg, priors, "hole", support, key)))
-    child = subprocess.Popen([sys.executable, "-c", _CHILD, str(args)], cwd=Path(__file__).resolve().parents[1],
-                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(args)],
+        cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
     rows_dir = Path(support.run_dir) / "regenerate"
     deadline = time.time() + 240
     while time.time() < deadline and child.poll() is None:

@@ -24,7 +24,9 @@ def models(tmp_path_factory) -> dict[str, Path]:
     brush = save_brushnet_folder(root, tiny_unet(4))
     clip = save_clip_folder(root, tiny_clip())
     data = tmp_path_factory.mktemp("demo") / "data"
-    build_demo_dataset(data, image_size=64, n_train=3, n_test_good=1, n_test_per_defect=1, image_classes=("brick",))
+    build_demo_dataset(
+        data, image_size=64, n_train=3, n_test_good=1, n_test_per_defect=1, image_classes=("brick",)
+    )
     return {"sd9": sd9, "sd4": sd4, "brushnet": brush, "clip": clip, "data": data}
 
 
@@ -33,7 +35,7 @@ def _config(tmp_path: Path, models: dict[str, Path], backend: str) -> Path:
     brush = f"\n    brushnet_path: {models['brushnet']}" if backend == "brushnet" else ""
     cfg = tmp_path / "run.yaml"
     cfg.write_text(f"""name: diff
-dataset: {{kind: demo, root: {models['data']}, image_class: brick}}
+dataset: {{kind: demo, root: {models["data"]}, image_class: brick}}
 k_normal: 2
 image_size: 64
 synthesis:
@@ -48,7 +50,7 @@ synthesis:
     negative_steps: 2
 selection:
   scorer: clip-region
-  clip_model: local-dir:{models['clip']}
+  clip_model: local-dir:{models["clip"]}
   region_prompt: dim
 """)
     return cfg
@@ -65,7 +67,9 @@ def test_regenerate_with_diffusion_and_clip_region(prefect_harness, tmp_path, mo
     assert len(groups) == 3  # scratch, stain, hole
     for g in groups:
         arrays = zarr.open_group(str(g), mode="r")
-        assert arrays["images"].shape == (2, 64, 64, 3) and arrays["masks"][:].reshape(2, -1).any(axis=1).all()
+        assert (
+            arrays["images"].shape == (2, 64, 64, 3) and arrays["masks"][:].reshape(2, -1).any(axis=1).all()
+        )
         rows = pl.read_parquet(str(g.parent / "samples" / "*.parquet"))
         assert rows.height == 2 and rows["selection_score"].is_finite().all()
     assert (store / "diff" / "contact_sheet.png").is_file()

@@ -22,8 +22,10 @@ def test_prior_subsets_and_foreground():
     assert p.mask_types() == [("ellipse", "small"), ("foreground", None)]
 
 
-@pytest.mark.parametrize("field,value", [("shapes", ("hexagon",)), ("sizes", ("huge",)), ("descriptions", (" ",)),
-                                         ("descriptions", ())])
+@pytest.mark.parametrize(
+    "field,value",
+    [("shapes", ("hexagon",)), ("sizes", ("huge",)), ("descriptions", (" ",)), ("descriptions", ())],
+)
 def test_prior_rejects_bad_values(field, value):
     with pytest.raises(ValidationError):
         AnomalyPrior(**{"name": "x", "descriptions": ("d",), field: value})
@@ -39,7 +41,9 @@ def test_prior_is_frozen_and_strict():
 
 def test_priors_file_error_names_file_field_value(tmp_path):
     f = tmp_path / "p.yaml"
-    f.write_text("dataset: d\nimage_class: c\ncategories:\n  - name: a\n    descriptions: [x]\n    sizes: [huge]\n")
+    f.write_text(
+        "dataset: d\nimage_class: c\ncategories:\n  - name: a\n    descriptions: [x]\n    sizes: [huge]\n"
+    )
     with pytest.raises(PriorsError) as info:
         load_priors(f)
     msg = str(info.value)
@@ -48,8 +52,10 @@ def test_priors_file_error_names_file_field_value(tmp_path):
 
 def test_priors_file_duplicate_names(tmp_path):
     f = tmp_path / "p.yaml"
-    f.write_text("dataset: d\nimage_class: c\ncategories:\n  - {name: a, descriptions: [x]}\n"
-                 "  - {name: a, descriptions: [y]}\n")
+    f.write_text(
+        "dataset: d\nimage_class: c\ncategories:\n  - {name: a, descriptions: [x]}\n"
+        "  - {name: a, descriptions: [y]}\n"
+    )
     with pytest.raises(PriorsError, match="duplicate category name 'a'"):
         load_priors(f)
 

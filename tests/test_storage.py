@@ -15,15 +15,30 @@ from storage.parquet import list_parts, read_parts, write_part, write_table_atom
 def _rows(i: int) -> dict[str, list]:
     import datetime as dt
 
-    return {"sample_id": [f"s{i}"], "run_id": ["r"], "category": ["c"], "label_index": [1], "split": ["synthetic"],
-            "source_image_id": ["img"], "mask_type": ["ellipse"], "mask_size": ["small"], "seed": [0],
-            "noise_factor": [0.5], "selection_score": [0.9], "zarr_index": [i], "config_hash": ["h"],
-            "created_at": [dt.datetime(2026, 1, 1, tzinfo=dt.UTC)]}
+    return {
+        "sample_id": [f"s{i}"],
+        "run_id": ["r"],
+        "category": ["c"],
+        "label_index": [1],
+        "split": ["synthetic"],
+        "source_image_id": ["img"],
+        "mask_type": ["ellipse"],
+        "mask_size": ["small"],
+        "seed": [0],
+        "noise_factor": [0.5],
+        "selection_score": [0.9],
+        "zarr_index": [i],
+        "config_hash": ["h"],
+        "created_at": [dt.datetime(2026, 1, 1, tzinfo=dt.UTC)],
+    }
 
 
 def test_round_trip_and_plain_readability(tmp_path):
-    g = create_group(tmp_path / "s.zarr", {"images": ((3, 8, 8, 3), "uint8"), "masks": ((3, 8, 8), "bool")},
-                     attrs={"config": "{}", "git_sha": "x"})
+    g = create_group(
+        tmp_path / "s.zarr",
+        {"images": ((3, 8, 8, 3), "uint8"), "masks": ((3, 8, 8), "bool")},
+        attrs={"config": "{}", "git_sha": "x"},
+    )
     img = np.arange(8 * 8 * 3, dtype=np.uint8).reshape(8, 8, 3)
     write_sample(g, 1, images=img, masks=img[..., 0] > 50)
     write_part(tmp_path / "rows", 0, _rows(1), SAMPLES)

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import torch
 
-
 TINY_CLIP_CFG = {
     "embed_dim": 32,
     "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},

@@ -31,13 +31,14 @@ def photometric(image: np.ndarray, rng: np.random.Generator, strength: float = 1
     x = np.clip(x, 0.0, 1.0) ** float(np.exp(rng.uniform(-0.3, 0.3) * strength))
     angle = rng.uniform(0, 2 * np.pi)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    ramp = (np.cos(angle) * (xx / max(w - 1, 1) - 0.5) + np.sin(angle) * (yy / max(h - 1, 1) - 0.5))
+    ramp = np.cos(angle) * (xx / max(w - 1, 1) - 0.5) + np.sin(angle) * (yy / max(h - 1, 1) - 0.5)
     x = x + (rng.uniform(-0.12, 0.12) * strength + rng.uniform(0.0, 0.25) * strength * ramp)[..., None]
     return np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8)
 
 
-def augment(images: np.ndarray, masks: np.ndarray | None, copies: int, rng: np.random.Generator
-            ) -> tuple[np.ndarray, np.ndarray | None]:
+def augment(
+    images: np.ndarray, masks: np.ndarray | None, copies: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray | None]:
     """The originals followed by ``copies`` augmented versions of each.
 
     Args:

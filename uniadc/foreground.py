@@ -41,8 +41,9 @@ class ForegroundEstimator:
         threads: onnxruntime intra-op threads (0 = onnxruntime's default).
     """
 
-    def __init__(self, model_path: str | Path | None = None, threshold: float = 0.5, threads: int = 0
-                 ) -> None:
+    def __init__(
+        self, model_path: str | Path | None = None, threshold: float = 0.5, threads: int = 0
+    ) -> None:
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {threshold}")
         if threads < 0:

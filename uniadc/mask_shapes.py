@@ -124,8 +124,9 @@ def rectangle(cv: Canvas, spec: MaskSpec, v: Variant, area: float) -> Placer:
     phi = cv.rng.uniform(0, math.pi)
     c, s = math.cos(phi), math.sin(phi)
     ex, ey = abs(c) * hl + abs(s) * hs, abs(s) * hl + abs(c) * hs
-    return _placer(cv, spec, ey, ex,
-                   lambda dy, dx: (np.abs(dx * c + dy * s) <= hl) & (np.abs(dy * c - dx * s) <= hs))
+    return _placer(
+        cv, spec, ey, ex, lambda dy, dx: (np.abs(dx * c + dy * s) <= hl) & (np.abs(dy * c - dx * s) <= hs)
+    )
 
 
 def polygon(cv: Canvas, spec: MaskSpec, v: Variant, area: float) -> Placer:

@@ -79,8 +79,9 @@ class MaskSpec:
     cells: tuple[int, int] | None = None
 
 
-def ring_area(outer: np.ndarray | float, aspect: np.ndarray | float, thickness: np.ndarray | float
-              ) -> np.ndarray:
+def ring_area(
+    outer: np.ndarray | float, aspect: np.ndarray | float, thickness: np.ndarray | float
+) -> np.ndarray:
     """Area of a hollow ellipse of outer area ``outer``, axis ratio ``aspect`` and ring ``thickness`` (in the
     unit of ``sqrt(outer)``), the thickness capped at half the minor semi-axis; broadcasts over arrays."""
     a = np.sqrt(np.asarray(outer) / (np.pi * np.asarray(aspect)))
@@ -93,14 +94,21 @@ def _solid(area: Range, aspect: Range, regions: int, smoothing: float = 0.0) -> 
     return MaskSpec(area=area, max_regions=regions, variants=(Variant(area, aspect),), smoothing=smoothing)
 
 
-def _ellipses(nc: Range, ecc: Range, regions: int, nc_t: Range | None = None,
-              ecc_t: Range | None = None) -> MaskSpec:
+def _ellipses(
+    nc: Range, ecc: Range, regions: int, nc_t: Range | None = None, ecc_t: Range | None = None
+) -> MaskSpec:
     variants = (Variant(nc, (0.5, 1.0), nc_t), Variant(ecc, (0.1, 0.25), ecc_t))
     if nc_t is None:
         return MaskSpec(area=(min(nc[0], ecc[0]), max(nc[1], ecc[1])), max_regions=regions, variants=variants)
     g = np.linspace(0.0, 1.0, 41)  # ring-area bounds over the whole (area, aspect, thickness) box, at 512
-    areas = [ring_area(_lerp(v.area, g[:, None, None]), _lerp(v.aspect, g[None, :, None]),
-                       _lerp(v.thickness, g[None, None, :]) / REF_SIDE) for v in variants]
+    areas = [
+        ring_area(
+            _lerp(v.area, g[:, None, None]),
+            _lerp(v.aspect, g[None, :, None]),
+            _lerp(v.thickness, g[None, None, :]) / REF_SIDE,
+        )
+        for v in variants
+    ]
     bounds = (float(min(a.min() for a in areas)), float(max(a.max() for a in areas)))
     return MaskSpec(area=bounds, max_regions=regions, variants=variants)
 
@@ -149,8 +157,9 @@ class MaskDraw:
     size: str | None
 
 
-def effective_foreground(foreground: np.ndarray | None, height: int, width: int, ignore: bool = False,
-                         min_fraction: float = 0.05) -> np.ndarray:
+def effective_foreground(
+    foreground: np.ndarray | None, height: int, width: int, ignore: bool = False, min_fraction: float = 0.05
+) -> np.ndarray:
     """The region masks are confined to: the foreground, or the whole image if it is missing, ignored or tiny.
 
     Args:
@@ -173,8 +182,14 @@ def effective_foreground(foreground: np.ndarray | None, height: int, width: int,
     return foreground.copy()
 
 
-def generate_mask(shape: str, size: str | None, height: int, width: int, rng: np.random.Generator,
-                  foreground: np.ndarray | None = None) -> np.ndarray:
+def generate_mask(
+    shape: str,
+    size: str | None,
+    height: int,
+    width: int,
+    rng: np.random.Generator,
+    foreground: np.ndarray | None = None,
+) -> np.ndarray:
     """Draw one mask of a given type.
 
     Args:
@@ -214,8 +229,13 @@ def generate_mask(shape: str, size: str | None, height: int, width: int, rng: np
     return _accept(cv, spec, lambda: paint_regions(cv, spec, region), per_foreground=False)
 
 
-def draw_mask(prior: AnomalyPrior, foreground: np.ndarray | None, rng: np.random.Generator,
-              height: int | None = None, width: int | None = None) -> MaskDraw:
+def draw_mask(
+    prior: AnomalyPrior,
+    foreground: np.ndarray | None,
+    rng: np.random.Generator,
+    height: int | None = None,
+    width: int | None = None,
+) -> MaskDraw:
     """Draw a mask for one defect category, honouring its shape/size priors and foreground rule.
 
     A (shape, size) pair is picked uniformly from ``prior.mask_types()``; the foreground is replaced by the
@@ -242,8 +262,7 @@ def draw_mask(prior: AnomalyPrior, foreground: np.ndarray | None, rng: np.random
     return MaskDraw(mask=generate_mask(shape, size, height, width, rng, fg), shape=shape, size=size)
 
 
-def _accept(cv: Canvas, spec: MaskSpec, render: Callable[[], np.ndarray], per_foreground: bool
-            ) -> np.ndarray:
+def _accept(cv: Canvas, spec: MaskSpec, render: Callable[[], np.ndarray], per_foreground: bool) -> np.ndarray:
     """Render until the area is in range and the mask lies in the foreground; bounded and never empty."""
     lo, hi = spec.area
     best, best_miss = None, math.inf

@@ -28,8 +28,9 @@ _GROW = 0.125  # the lattice covers the image grown by this fraction of its side
 _SQRT2 = np.float32(math.sqrt(2.0))
 
 
-def coarse_step(height: int, width: int, cells_y: float, cells_x: float, samples_per_cell: int = 8,
-                max_step: int = 16) -> int:
+def coarse_step(
+    height: int, width: int, cells_y: float, cells_x: float, samples_per_cell: int = 8, max_step: int = 16
+) -> int:
     """Sampling step for :func:`perlin`: the largest power of two up to ``max_step`` that still leaves at
     least ``samples_per_cell`` samples per lattice cell along both axes (at least 1)."""
     _check_field(height, width, cells_y, cells_x)
@@ -42,8 +43,16 @@ def coarse_step(height: int, width: int, cells_y: float, cells_x: float, samples
     return step
 
 
-def perlin(height: int, width: int, cells_y: float, cells_x: float, rng: np.random.Generator, *,
-           angle: float = 0.0, step: int = 1) -> np.ndarray:
+def perlin(
+    height: int,
+    width: int,
+    cells_y: float,
+    cells_x: float,
+    rng: np.random.Generator,
+    *,
+    angle: float = 0.0,
+    step: int = 1,
+) -> np.ndarray:
     """2-D Perlin noise over an (H, W) image (see the module docstring for the exact field).
 
     Args:
@@ -90,8 +99,9 @@ def perlin(height: int, width: int, cells_y: float, cells_x: float, rng: np.rand
     return _upsample(noise, step, height, width)
 
 
-def fractal(height: int, width: int, cells_y: float, cells_x: float, octaves: int, rng: np.random.Generator
-            ) -> np.ndarray:
+def fractal(
+    height: int, width: int, cells_y: float, cells_x: float, octaves: int, rng: np.random.Generator
+) -> np.ndarray:
     """Sum of ``octaves`` :func:`perlin` layers, each twice the frequency and half the amplitude, divided by
     the sum of the amplitudes; (H, W) float32 in [-1, 1]."""
     _check_positive_int("octaves", octaves)
@@ -119,8 +129,12 @@ def _gradient_noise(v: np.ndarray, u: np.ndarray, grad_y: np.ndarray, grad_x: np
         i, j = i[:, 0], j[0]
         along = grad_y[i] * ((1 - tv) * fv) + grad_y[i + 1] * (tv * (fv - 1))  # gradient . offset, v part
         plain = grad_x[i] * (1 - tv) + grad_x[i + 1] * tv  # u component of the v-blended gradients
-        return (along[:, j] * (1 - tu) + along[:, j + 1] * tu
-                + plain[:, j] * ((1 - tu) * fu) + plain[:, j + 1] * (tu * (fu - 1)))
+        return (
+            along[:, j] * (1 - tu)
+            + along[:, j + 1] * tu
+            + plain[:, j] * ((1 - tu) * fu)
+            + plain[:, j + 1] * (tu * (fu - 1))
+        )
     node = i * cols + j
     gy, gx = grad_y.ravel(), grad_x.ravel()
 
@@ -157,7 +171,9 @@ def _check_field(height: int, width: int, cells_y: float, cells_x: float) -> Non
     _check_positive_int("height", height)
     _check_positive_int("width", width)
     for name, value in (("cells_y", cells_y), ("cells_x", cells_x)):
-        if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating) or not (
-            math.isfinite(value) and value > 0
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float | np.integer | np.floating)
+            or not (math.isfinite(value) and value > 0)
         ):
             raise ValueError(f"cells must be positive and finite, got {name}={value!r}")

@@ -9,11 +9,28 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
 #: Class colours: 0 (normal) is black; categories cycle through a qualitative palette.
-PALETTE = np.array([
-    (0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-    (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255),
-    (170, 110, 40), (128, 0, 0), (170, 255, 195), (128, 128, 0),
-], dtype=np.uint8)
+PALETTE = np.array(
+    [
+        (0, 0, 0),
+        (230, 25, 75),
+        (60, 180, 75),
+        (255, 225, 25),
+        (0, 130, 200),
+        (245, 130, 48),
+        (145, 30, 180),
+        (70, 240, 240),
+        (240, 50, 230),
+        (210, 245, 60),
+        (250, 190, 212),
+        (0, 128, 128),
+        (220, 190, 255),
+        (170, 110, 40),
+        (128, 0, 0),
+        (170, 255, 195),
+        (128, 128, 0),
+    ],
+    dtype=np.uint8,
+)
 
 
 def class_colour(index: int) -> tuple[int, int, int]:
@@ -68,8 +85,9 @@ def _label(tile: np.ndarray, text: str) -> np.ndarray:
     return np.asarray(img)
 
 
-def contact_sheet(rows: Sequence[tuple[str, np.ndarray, np.ndarray]], tile: int = 128, columns: int = 8,
-                  gap: int = 2) -> np.ndarray:
+def contact_sheet(
+    rows: Sequence[tuple[str, np.ndarray, np.ndarray]], tile: int = 128, columns: int = 8, gap: int = 2
+) -> np.ndarray:
     """One row per category: its name, then up to ``columns`` samples with the mask outlined in red.
 
     Args:
@@ -89,12 +107,19 @@ def contact_sheet(rows: Sequence[tuple[str, np.ndarray, np.ndarray]], tile: int 
     sheet = np.full((height, width, 3), 255, np.uint8)
     for r, (name, images, masks) in enumerate(rows):
         y = gap + r * (tile + gap)
-        sheet[y:y + tile, gap:gap + label_w - gap] = _label(np.full((tile, label_w - gap, 3), 40, np.uint8), name)
+        sheet[y : y + tile, gap : gap + label_w - gap] = _label(
+            np.full((tile, label_w - gap, 3), 40, np.uint8), name
+        )
         for c in range(min(columns, len(images))):
             img = np.asarray(Image.fromarray(images[c]).resize((tile, tile), Image.BILINEAR))
-            msk = np.asarray(Image.fromarray(masks[c].astype(np.uint8) * 255).resize((tile, tile), Image.NEAREST)) > 0
+            msk = (
+                np.asarray(
+                    Image.fromarray(masks[c].astype(np.uint8) * 255).resize((tile, tile), Image.NEAREST)
+                )
+                > 0
+            )
             x = label_w + gap + c * (tile + gap)
-            sheet[y:y + tile, x:x + tile] = draw_outline(img, msk)
+            sheet[y : y + tile, x : x + tile] = draw_outline(img, msk)
     return sheet
 
 

@@ -44,9 +44,13 @@ class SynthesisRequest:
     def __post_init__(self) -> None:
         b = self.images.shape[0]
         if self.images.ndim != 4 or self.images.shape[-1] != 3 or self.images.dtype != np.uint8:
-            raise ValueError(f"images must be (B, H, W, 3) uint8, got {self.images.shape} {self.images.dtype}")
+            raise ValueError(
+                f"images must be (B, H, W, 3) uint8, got {self.images.shape} {self.images.dtype}"
+            )
         if self.masks.shape != self.images.shape[:3] or self.masks.dtype != bool:
-            raise ValueError(f"masks must be (B, H, W) bool matching images, got {self.masks.shape} {self.masks.dtype}")
+            raise ValueError(
+                f"masks must be (B, H, W) bool matching images, got {self.masks.shape} {self.masks.dtype}"
+            )
         if np.shape(self.noise_factors) != (b,):
             raise ValueError(f"noise_factors must have shape ({b},), got {np.shape(self.noise_factors)}")
         if self.prompts and len(self.prompts) != b:

@@ -29,8 +29,15 @@ def assemble_pipeline(unet: Any, vae: Any, text_encoder: Any) -> Any:
     from uniadc.tokenizer import clip_tokenizer
 
     cls = StableDiffusionInpaintPipeline if unet.config.in_channels == 9 else StableDiffusionPipeline
-    pipe = cls(vae=vae, text_encoder=text_encoder, tokenizer=clip_tokenizer(), unet=unet,
-               scheduler=DDIMScheduler(**SD15_SCHEDULER), safety_checker=None, feature_extractor=None,
-               requires_safety_checker=False)
+    pipe = cls(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=clip_tokenizer(),
+        unet=unet,
+        scheduler=DDIMScheduler(**SD15_SCHEDULER),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
