@@ -169,6 +169,13 @@ def main() -> None:
         f"{args.jobs} parallel runs, store {store}",
         flush=True,
     )
+    detail = args.out / "mtd-detail.json"
+    if detail.is_file():  # results of settings run before, merged by setting
+        results = [
+            r
+            for r in json.loads(detail.read_text())
+            if (r["setting"], r["k_normal"], r["k_anomaly"]) not in set(settings)
+        ]
     for setting, kn, ka in settings:
         t = time.perf_counter()
         with ProcessPoolExecutor(args.jobs) as pool:
@@ -199,6 +206,7 @@ def main() -> None:
                 "test_images": runs[0]["test"],
                 "paper_clip": dict(zip(METRICS, paper, strict=True)),
                 "no_synthesis": abl or None,
+                "command": "python benchmarks/mtd.py " + " ".join(sys.argv[1:]),
             }
         )
         print(
@@ -207,16 +215,20 @@ def main() -> None:
             f"peak RSS {peak:.0f} MB per process",
             flush=True,
         )
-    write_results(results, args)
+        write_results(results, args)  # after every setting, so an interrupted run keeps what it measured
 
 
 def write_results(results: list[dict], args) -> None:
     sha, versions = _versions()
     args.out.mkdir(parents=True, exist_ok=True)
+    order = {s: i for i, s in enumerate(SETTINGS)}
+    results = sorted(results, key=lambda r: order[(r["setting"], r["k_normal"], r["k_anomaly"])])
+    (args.out / "mtd-detail.json").write_text(json.dumps(results, indent=2) + "\n")
     lines = [
         "# MTD benchmark: uniadc (offline default: procedural/cut-paste synthesis, EfficientNet-Lite0 + MiniLM)",
         "",
-        f"- command: `python benchmarks/mtd.py {' '.join(sys.argv[1:])}`".rstrip(),
+        "- commands: "
+        + "; ".join(f"`{c}`" for c in dict.fromkeys(r.get("command", "") for r in results) if c),
         f"- date: {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}",
         f"- git SHA: {sha}",
         f"- packages: {versions}",
