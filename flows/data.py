@@ -6,15 +6,15 @@ from prefect import flow
 
 from schemas.config import RunConfig
 from schemas.manifests import Manifest
-from tasks.common import key_from_params, stage_cache_policy
+from tasks.common import stage_options
 from tasks.split import split_dataset, split_key
 
 
 def run_split(config: RunConfig) -> Manifest:
     """Submit the split task with its explicit cache key; usable inside any flow."""
     key = split_key(config)
-    policy = stage_cache_policy(key_from_params, config.store)
-    return split_dataset.with_options(cache_policy=policy).submit(config, key).result()
+    options = stage_options(config.store)
+    return split_dataset.with_options(**options).submit(config, key).result()
 
 
 @flow(name="split", log_prints=True)

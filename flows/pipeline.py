@@ -13,7 +13,7 @@ from flows.regenerate import run_regenerate, run_support
 from schemas.config import RunConfig
 from schemas.manifests import Manifest
 from storage.priors import load_run_priors
-from tasks.common import key_from_params, stage_cache_policy
+from tasks.common import stage_options
 from tasks.evaluate import evaluate_key, evaluate_model
 from tasks.report import write_report
 from tasks.train import train_key, train_model
@@ -23,18 +23,18 @@ from uniadc.metrics import METRIC_COLUMNS, format_metrics_table
 def run_train(config: RunConfig, support: Manifest, samples: list[Manifest]) -> Manifest:
     priors = load_run_priors(config)
     key = train_key(config, priors, support, samples)
-    policy = stage_cache_policy(key_from_params, config.store)
+    options = stage_options(config.store)
     return (
-        train_model.with_options(cache_policy=policy).submit(config, priors, support, samples, key).result()
+        train_model.with_options(**options).submit(config, priors, support, samples, key).result()
     )
 
 
 def run_evaluate(config: RunConfig, split: Manifest, model: Manifest) -> Manifest:
     priors = load_run_priors(config)
     key = evaluate_key(config, split, model)
-    policy = stage_cache_policy(key_from_params, config.store)
+    options = stage_options(config.store)
     manifest = (
-        evaluate_model.with_options(cache_policy=policy).submit(config, priors, split, model, key).result()
+        evaluate_model.with_options(**options).submit(config, priors, split, model, key).result()
     )
     table = pl.read_parquet(Path(manifest.run_dir) / manifest.uris["metrics"])
     create_table_artifact(

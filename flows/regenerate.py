@@ -11,7 +11,7 @@ from schemas.config import RunConfig
 from schemas.manifests import Manifest
 from storage.layout import RunLayout
 from storage.priors import load_run_priors
-from tasks.common import key_from_params, stage_cache_policy
+from tasks.common import stage_options
 from tasks.contact_sheet import write_contact_sheet
 from tasks.regenerate import category_key, regenerate_category
 from tasks.support import prepare_support, support_key
@@ -19,19 +19,19 @@ from tasks.support import prepare_support, support_key
 
 def run_support(config: RunConfig, split: Manifest) -> Manifest:
     key = support_key(config, split)
-    policy = stage_cache_policy(key_from_params, config.store)
-    return prepare_support.with_options(cache_policy=policy).submit(config, split, key).result()
+    options = stage_options(config.store)
+    return prepare_support.with_options(**options).submit(config, split, key).result()
 
 
 def run_regenerate(config: RunConfig, support: Manifest) -> list[Manifest]:
     """Submit one task per category (independent, so a Dask runner can spread them); wait for all."""
     priors = load_run_priors(config)
-    policy = stage_cache_policy(key_from_params, config.store)
+    options = stage_options(config.store)
     progress = create_progress_artifact(0.0, description=f"regenerate: categories of {config.name} done")
     futures = []
     for name in priors.names:
         key = category_key(config, priors, name, support)
-        task = regenerate_category.with_options(cache_policy=policy, task_run_name=f"regenerate-{name}")
+        task = regenerate_category.with_options(**options, task_run_name=f"regenerate-{name}")
         futures.append(task.submit(config, priors, name, support, key))
     done = 0
     for _ in as_completed(futures):

@@ -10,7 +10,8 @@
         regenerate/<category>-<hash>/samples/      their Parquet rows, one part per batch
         train-<hash>/model.safetensors             the discriminator
         evaluate-<hash>/maps.zarr, predictions/, metrics.parquet, report.html
-        .cache/                                    Prefect result records (cache), removed with the store
+    <store>/.cache/, <store>/.results/             Prefect cache records and persisted task results (the cache
+                                                   travels and is deleted with the store)
 
 Stage folders are addressed by their cache key, so editing one category's prior writes a new folder for that
 category and leaves the others (and their cache records) in place.
@@ -63,10 +64,6 @@ class RunLayout:
         """``<root>/<stage>-<key12>`` or ``<root>/<stage>/<unit>-<key12>`` for per-category stages."""
         short = key[:12]
         return self.root / stage / f"{unit}-{short}" if unit else self.root / f"{stage}-{short}"
-
-    @property
-    def cache_dir(self) -> Path:
-        return self.root / ".cache"
 
 
 def package_versions() -> dict[str, str]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect.cache_policies import CacheKeyFnPolicy
+from prefect.filesystems import LocalFileSystem
 
 from schemas.manifests import Manifest
 
@@ -25,11 +26,20 @@ def manifests_hash(manifests: Iterable[Manifest]) -> str:
     return cache_key("manifests", "1", *(m.content_hash for m in manifests))
 
 
-def stage_cache_policy(
-    key_fn: Callable[[Any, dict[str, Any]], str], store_root: str | Path
-) -> CacheKeyFnPolicy:
-    """A cache policy keyed by ``key_fn`` whose records live in the store (deleted with it)."""
-    return CacheKeyFnPolicy(cache_key_fn=key_fn).configure(key_storage=str(Path(store_root) / ".cache"))
+def stage_options(store_root: str | Path) -> dict[str, Any]:
+    """``Task.with_options`` keywords that keep a stage's cache inside its store.
+
+    The cache key is the task's explicit ``key`` parameter; both the cache records and the persisted results
+    live under the store (``.cache`` and ``.results``), so a store carries its own cache: deleting it deletes
+    the cache, and any worker, whatever its ``PREFECT_HOME``, can read it. Prefect accepts only saved storage
+    blocks for results, so one ``LocalFileSystem`` block per store is saved (idempotently) on the API in use.
+    """
+    root = Path(store_root).resolve()
+    name = "uniadc-store-" + hashlib.sha256(str(root).encode()).hexdigest()[:16]
+    storage = LocalFileSystem(basepath=str(root / ".results"))
+    storage.save(name, overwrite=True)
+    policy = CacheKeyFnPolicy(cache_key_fn=key_from_params).configure(key_storage=str(root / ".cache"))
+    return {"cache_policy": policy, "result_storage": storage}
 
 
 def file_sha256(path: str | Path) -> str:

@@ -73,6 +73,9 @@ def test_regenerate_outputs_cache_and_prior_edit(prefect_harness, tmp_path, demo
         assert g["images"].shape == (N, 64, 64, 3) and g["masks"][:].reshape(N, -1).any(axis=1).all()
         assert "git_sha" in g.attrs and "config" in g.attrs
     assert (Path(manifests[0].run_dir) / "contact_sheet.png").is_file()
+    # the cache travels with the store: records and persisted results both live inside it
+    assert len(list((tmp_path / "store" / ".cache").iterdir())) >= 5
+    assert len(list((tmp_path / "store" / ".results").iterdir())) >= 5
 
     state = regenerate_flow(cfg, return_state=True)
     second = task_states(state)
