@@ -24,18 +24,14 @@ def run_train(config: RunConfig, support: Manifest, samples: list[Manifest]) -> 
     priors = load_run_priors(config)
     key = train_key(config, priors, support, samples)
     options = stage_options(config.store)
-    return (
-        train_model.with_options(**options).submit(config, priors, support, samples, key).result()
-    )
+    return train_model.with_options(**options).submit(config, priors, support, samples, key).result()
 
 
 def run_evaluate(config: RunConfig, split: Manifest, model: Manifest) -> Manifest:
     priors = load_run_priors(config)
     key = evaluate_key(config, split, model)
     options = stage_options(config.store)
-    manifest = (
-        evaluate_model.with_options(**options).submit(config, priors, split, model, key).result()
-    )
+    manifest = evaluate_model.with_options(**options).submit(config, priors, split, model, key).result()
     table = pl.read_parquet(Path(manifest.run_dir) / manifest.uris["metrics"])
     create_table_artifact(
         [

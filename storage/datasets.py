@@ -158,9 +158,3 @@ def scan_dataset(
     else:
         raise DataError(f"dataset.kind: unknown layout {kind!r} (known: mvtec, mtd, demo)")
     return sorted(records, key=lambda r: r.image_id)
-
-
-def category_names(records: Sequence[ImageRecord]) -> list[str]:
-    """Defect names ordered by label index."""
-    seen = {r.label_index: r.label_name for r in records if r.label_index > 0}
-    return [seen[i] for i in sorted(seen)]

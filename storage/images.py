@@ -70,15 +70,6 @@ def read_mask(path: str | Path, expected_hw: tuple[int, int] | None = None) -> n
     return mask
 
 
-def image_size(path: str | Path) -> tuple[int, int]:
-    """(height, width) from the header only."""
-    try:
-        with Image.open(path) as img:
-            return img.height, img.width
-    except (FileNotFoundError, UnidentifiedImageError, OSError) as exc:
-        raise DataError(f"{path}: cannot read image header ({exc})") from exc
-
-
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:
     """(H, W, 3) uint8 -> (size, size, 3) uint8, bilinear."""
     if image.shape[:2] == (size, size):

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from prefect.cache_policies import CacheKeyFnPolicy
 from prefect.filesystems import LocalFileSystem
-
-from schemas.manifests import Manifest
 
 
 def cache_key(stage: str, version: str, *parts: str) -> str:
@@ -20,10 +17,6 @@ def cache_key(stage: str, version: str, *parts: str) -> str:
         h.update(b"\x00")
         h.update(part.encode())
     return h.hexdigest()
-
-
-def manifests_hash(manifests: Iterable[Manifest]) -> str:
-    return cache_key("manifests", "1", *(m.content_hash for m in manifests))
 
 
 def stage_options(store_root: str | Path) -> dict[str, Any]:
