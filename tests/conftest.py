@@ -26,6 +26,17 @@ def prefect_harness():
         yield
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run far faster single-threaded on a shared 2-core machine (no OpenMP spin contention)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def pytest_collection_modifyitems(config, items):
     """gpu tests skip without CUDA; mtd tests skip without the dataset."""
     try:

@@ -80,13 +80,7 @@ def _opts(**kw) -> DiffusionOptions:
     return DiffusionOptions(**{**base, **kw})
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run far faster single-threaded on a shared 2-core machine (no OpenMP spin contention)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
