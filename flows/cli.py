@@ -230,7 +230,7 @@ def predict_cmd(
     net = restore_discriminator(
         ckpt.state, ckpt.config, ckpt.category_texts, ckpt.image_size, ckpt.seed, ckpt.backbone_sha256
     )
-    names = ["normal", *(texts[0] for texts in ckpt.category_texts)]
+    names = ["normal", *ckpt.category_names]
     if ckpt.config.open_set:
         names.append("other")
     rows = []

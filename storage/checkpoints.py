@@ -7,6 +7,7 @@ string metadata:
 - ``format``: ``uniadc.discriminator/1``
 - ``config``: the ``DiscriminatorConfig`` as JSON
 - ``category_texts``: JSON list of lists of descriptions
+- ``category_names``: JSON list of the category names (class i + 1 = entry i), for labelling predictions
 - ``image_size``, ``seed``: integers as text
 - ``backbone_sha256``: fingerprint of the backbone the head was trained on (checked when restoring)
 - ``versions``: JSON {package: version} of what affects the numbers (python, torch, numpy, ...)
@@ -58,6 +59,7 @@ class DiscriminatorCheckpoint:
         state: name -> tensor, the model's ``head_state_dict()``.
         config: the discriminator config it was built with.
         category_texts: descriptions per category (category i + 1 = entry i).
+        category_names: category names in the same order.
         image_size: model input side.
         seed: build seed.
         backbone_sha256: fingerprint of the training-time backbone.
@@ -67,13 +69,16 @@ class DiscriminatorCheckpoint:
     state: dict[str, torch.Tensor]
     config: DiscriminatorConfig
     category_texts: list[list[str]]
+    category_names: list[str]
     image_size: int
     seed: int
     backbone_sha256: str
     versions: dict[str, str]
 
 
-def save_discriminator(path: str | Path, model: SavableDiscriminator) -> Path:
+def save_discriminator(
+    path: str | Path, model: SavableDiscriminator, category_names: list[str] | None = None
+) -> Path:
     """Write ``model`` to ``path`` (a ``.safetensors`` file) atomically; returns the path."""
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -82,6 +87,7 @@ def save_discriminator(path: str | Path, model: SavableDiscriminator) -> Path:
         "format": FORMAT,
         "config": model.config.model_dump_json(),
         "category_texts": json.dumps(model.category_texts),
+        "category_names": json.dumps(category_names or [t[0] for t in model.category_texts]),
         "image_size": str(int(model.image_size)),
         "seed": str(int(model.seed)),
         "backbone_sha256": model.backbone_fingerprint(),
@@ -120,6 +126,8 @@ def load_discriminator(path: str | Path) -> DiscriminatorCheckpoint:
             state=state,
             config=DiscriminatorConfig.model_validate_json(meta["config"]),
             category_texts=json.loads(meta["category_texts"]),
+            category_names=json.loads(meta.get("category_names") or "null")
+            or [t[0] for t in json.loads(meta["category_texts"])],
             image_size=int(meta["image_size"]),
             seed=int(meta["seed"]),
             backbone_sha256=meta["backbone_sha256"],

@@ -150,7 +150,7 @@ def train_model(
     )
     history = fit(model, data, config.discriminator, config.seed)
     out = layout.stage_dir(STAGE, key) / "model.safetensors"
-    save_discriminator(out, model)
+    save_discriminator(out, model, priors.names)
     digest = hashlib.sha256(Path(out).read_bytes()).hexdigest()
     return Manifest(
         stage=STAGE,

@@ -92,6 +92,7 @@ def test_predict_two_images(pipeline_run, tmp_path, demo_root):
     predict_cmd(model=Path(cfg.store) / cfg.name, images=images, out=out, threshold=0.5)
     rows = pl.read_parquet(out / "predictions.parquet")
     assert rows.height == 2 and set(rows["image"]) == {"img0.png", "img1.png"}
+    assert set(rows["class_name"]) <= {"normal", "scratch", "stain", "hole"}  # category names, not prompts
     for stem in ("img0", "img1"):
         assert np.load(out / f"{stem}_anomaly.npy").shape == (64, 64)
         overlay = np.asarray(Image.open(out / f"{stem}_overlay.png"))
