@@ -55,8 +55,8 @@ def make_maps(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]
     return scores, masks
 
 
-def full_sort_pro(scores: np.ndarray, masks: np.ndarray, fpr_limit: float) -> float:
-    """MVTec AD's exact algorithm: global stable argsort, float64 cumulative FPR/PRO, ties merged."""
+def global_regions(masks: np.ndarray) -> tuple[np.ndarray, int]:
+    """8-connected regions of every mask numbered across the whole set: ((N, H, W) int64 labels, region count)."""
     from scipy import ndimage
 
     labels = np.zeros(masks.shape, np.int64)
@@ -65,6 +65,12 @@ def full_sort_pro(scores: np.ndarray, masks: np.ndarray, fpr_limit: float) -> fl
         lab, found = ndimage.label(mask, structure=np.ones((3, 3)))
         labels[i] = np.where(lab > 0, lab + count, 0)
         count += found
+    return labels, count
+
+
+def full_sort_pro(scores: np.ndarray, masks: np.ndarray, fpr_limit: float) -> float:
+    """MVTec AD's exact algorithm: global stable argsort, float64 cumulative FPR/PRO, ties merged."""
+    labels, count = global_regions(masks)
     labels = labels.ravel()
     sizes = np.bincount(labels)
     flat = scores.ravel().astype(np.float64)
@@ -86,14 +92,7 @@ def full_sort_pro(scores: np.ndarray, masks: np.ndarray, fpr_limit: float) -> fl
 
 def brute_force_pro(scores: np.ndarray, masks: np.ndarray, fpr_limit: float) -> float:
     """Loop over every distinct score as threshold: FPR and mean region overlap recounted each time."""
-    from scipy import ndimage
-
-    labels = np.zeros(masks.shape, np.int64)
-    count = 0
-    for i, mask in enumerate(masks):
-        lab, found = ndimage.label(mask, structure=np.ones((3, 3)))
-        labels[i] = np.where(lab > 0, lab + count, 0)
-        count += found
+    labels, count = global_regions(masks)
     sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
     normal = ~masks
     points = [(0.0, 0.0)]
