@@ -19,7 +19,8 @@ def _geometric(image: np.ndarray, mask: np.ndarray | None, rng: np.random.Genera
     if flip:
         image = image[:, ::-1]
         mask = None if mask is None else mask[:, ::-1]
-    return np.ascontiguousarray(image), None if mask is None else np.ascontiguousarray(mask)
+    view = k + 4 * int(flip)  # the index of this transform in uniadc.reference.dihedral_views
+    return np.ascontiguousarray(image), None if mask is None else np.ascontiguousarray(mask), view
 
 
 def photometric(image: np.ndarray, rng: np.random.Generator, strength: float = 1.0) -> np.ndarray:
@@ -39,6 +40,14 @@ def photometric(image: np.ndarray, rng: np.random.Generator, strength: float = 1
 def augment(
     images: np.ndarray, masks: np.ndarray | None, copies: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray | None]:
+    """See :func:`augment_with_views`; returns (images, masks) only."""
+    out_images, out_masks, _ = augment_with_views(images, masks, copies, rng)
+    return out_images, out_masks
+
+
+def augment_with_views(
+    images: np.ndarray, masks: np.ndarray | None, copies: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """The originals followed by ``copies`` augmented versions of each.
 
     Args:
@@ -48,7 +57,8 @@ def augment(
         rng: the only source of randomness.
 
     Returns:
-        ((N * (1 + copies), H, W, 3) uint8, matching masks or None).
+        ((N * (1 + copies), H, W, 3) uint8, matching masks or None, (N * (1 + copies),) int64 dihedral view
+        index of each output: 0 for the originals, ``k + 4 * flip`` for a copy rotated k times then flipped).
     """
     if copies < 0:
         raise ValueError(f"copies must be >= 0, got {copies}")
@@ -57,13 +67,20 @@ def augment(
     if masks is not None and masks.shape != images.shape[:3]:
         raise ValueError(f"masks must have shape {images.shape[:3]}, got {masks.shape}")
     out_images, out_masks = [images], [masks] if masks is not None else None
+    views = [np.zeros(len(images), np.int64)]
     for _ in range(copies):
-        imgs, msks = [], []
+        imgs, msks, vs = [], [], []
         for i in range(len(images)):
-            img, msk = _geometric(images[i], None if masks is None else masks[i], rng)
+            img, msk, v = _geometric(images[i], None if masks is None else masks[i], rng)
             imgs.append(photometric(img, rng))
             msks.append(msk)
+            vs.append(v)
+        views.append(np.asarray(vs, np.int64))
         out_images.append(np.stack(imgs) if imgs else images[:0])
         if out_masks is not None:
             out_masks.append(np.stack(msks) if msks else masks[:0])
-    return np.concatenate(out_images), None if out_masks is None else np.concatenate(out_masks)
+    return (
+        np.concatenate(out_images),
+        None if out_masks is None else np.concatenate(out_masks),
+        np.concatenate(views),
+    )
