@@ -149,6 +149,18 @@ class DiscriminatorConfig(_Frozen):
     num_threads: int | None = Field(default=None, ge=1)
     augment_normal_copies: int = Field(default=15, ge=0, description="augmented copies of each normal image")
     augment_anomaly_copies: int = Field(default=1, ge=0, description="augmented copies of each anomaly image")
+    reference: Literal["none", "knn"] = Field(
+        default="knn",
+        description="knn: a nearest-neighbour bank of the support normals gives the anomaly map (calibrated on "
+        "leave-one-out training maps) and a distance channel per level to the fusion network; none: the "
+        "paper's head alone",
+    )
+    calibration: Literal["balanced", "normal_max"] = Field(
+        default="normal_max",
+        description="how the reference threshold is fitted on leave-one-out training maps: normal_max = no "
+        "normal support view fires; balanced = best separation of normal views and synthetic defects "
+        "(uniadc.reference.calibration)",
+    )
 
 
 class RunConfig(_Frozen):

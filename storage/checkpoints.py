@@ -135,3 +135,15 @@ def load_discriminator(path: str | Path) -> DiscriminatorCheckpoint:
         )
     except (KeyError, ValueError) as exc:
         raise CheckpointError(f"{path}: bad checkpoint metadata ({exc})") from exc
+
+
+def reference_calibration(path: str | Path) -> dict[str, float] | None:
+    """``{"threshold", "scale", "normal_max"}`` of a checkpoint's normal reference, None if it has none."""
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            names = set(f.keys())
+            if "reference.threshold" not in names:
+                return None
+            return {n: float(f.get_tensor(f"reference.{n}")) for n in ("threshold", "scale", "normal_max")}
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc

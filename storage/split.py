@@ -4,6 +4,11 @@ Support = ``k_normal`` normal images drawn from the normal training pool plus ``
 defect category (few-shot); ``full_shot`` takes the whole normal training pool. Everything else is test. Draws
 use one generator per purpose, seeded from (seed, purpose name), over records sorted by image id, so the split
 does not depend on file-system order or on which other categories exist.
+
+A defect image whose mask is empty (MTD ships four such Uneven images) cannot show the category it is labelled
+with, so it is never drawn as anomaly support: the draw walks a seeded permutation of the category's images and
+takes the first ``k_anomaly`` with a non-empty mask (only the masks it walks past are read). Such images stay in
+the test set, where I-AUC/P-AUC/PRO count them by their (empty) mask and Acc by their label.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from schemas.config import RunConfig
 from schemas.tables import SPLIT
 from storage.datasets import ImageRecord
 from storage.errors import DataError
+from storage.images import read_mask
 from storage.parquet import write_table_atomic
 
 
@@ -60,9 +66,18 @@ def draw_split(records: Sequence[ImageRecord], config: RunConfig) -> dict[str, s
                     f"k_anomaly: {config.k_anomaly} support images of {label!r} asked for, it has "
                     f"{len(pool)} (at least one must stay for testing)"
                 )
-            picks = _rng(config.seed, f"anomaly/{label}").choice(
-                len(pool), size=config.k_anomaly, replace=False
-            )
+            order = _rng(config.seed, f"anomaly/{label}").permutation(len(pool))
+            picks: list[int] = []
+            for i in order:
+                if len(picks) == config.k_anomaly:
+                    break
+                if _has_defect(pool[int(i)]):
+                    picks.append(int(i))
+            if len(picks) < config.k_anomaly:
+                raise DataError(
+                    f"k_anomaly: {config.k_anomaly} support images of {label!r} asked for, only {len(picks)} "
+                    "have a non-empty mask"
+                )
             support += [pool[i].image_id for i in sorted(picks)]
     chosen = set(support)
     return {
@@ -70,6 +85,13 @@ def draw_split(records: Sequence[ImageRecord], config: RunConfig) -> dict[str, s
         for r in records
         if r.image_id in chosen or r.pool in ("test", "any")
     }
+
+
+def _has_defect(record: ImageRecord) -> bool:
+    """True when the record has no mask file (nothing to check) or its mask marks at least one pixel."""
+    if not record.mask_path:
+        return True
+    return bool(read_mask(record.mask_path).any())
 
 
 def split_table(records: Sequence[ImageRecord], config: RunConfig) -> pa.Table:

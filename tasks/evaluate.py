@@ -1,10 +1,12 @@
 """Stage ``evaluate``: the test split through the trained discriminator -> maps, rows, metrics.
 
 Writes ``evaluate-<key>/maps.zarr`` (``anomaly_maps`` (N, S, S) float32, ``class_maps`` (N, S, S) uint8,
-``gt_class_maps`` (N, S, S) uint8), ``evaluate-<key>/predictions/`` (one Parquet row per test image) and
+``gt_class_maps`` (N, S, S) uint8, ``class_argmax`` (N, S, S) uint8 unthresholded ``1 + argmax`` class),
+``evaluate-<key>/predictions/`` (one Parquet row per test image) and
 ``evaluate-<key>/metrics.parquet``. Test images and masks are resized to the run's ``image_size`` (masks by
-nearest neighbour), so every metric is computed at one resolution. The threshold is the config's fixed value;
-nothing here looks at test statistics to choose it.
+nearest neighbour), so every metric is computed at one resolution. The threshold is the config's value on the
+model's anomaly map; with ``discriminator.reference: knn`` that map is calibrated on training data (0.5 = the
+fitted tau, stored in the checkpoint). Nothing here looks at test statistics to choose it.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from uniadc import metrics
 from uniadc.discriminator import predict
 
 STAGE = "evaluate"
-STAGE_VERSION = "1"
+STAGE_VERSION = "2"
 CHUNK = 64
 
 
@@ -63,6 +65,7 @@ def evaluate_model(
             "anomaly_maps": ((n, size, size), "float32"),
             "class_maps": ((n, size, size), "uint8"),
             "gt_class_maps": ((n, size, size), "uint8"),
+            "class_argmax": ((n, size, size), "uint8"),
         },
         attrs=provenance(config.to_json(), {"stage": STAGE, "cache_key": key, "class_names": names}),
         overwrite=True,
@@ -87,6 +90,7 @@ def evaluate_model(
                 anomaly_maps=pred.anomaly_maps[j],
                 class_maps=pred.class_maps[j],
                 gt_class_maps=gt[j],
+                class_argmax=pred.class_argmax[j],
             )
         write_part(
             out / "predictions",

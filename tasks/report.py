@@ -12,6 +12,7 @@ from schemas.config import RunConfig
 from schemas.manifests import Manifest
 from schemas.priors import PriorsFile
 from storage.arrays import open_group, read_samples
+from storage.checkpoints import reference_calibration
 from storage.evaluation import load_test_chunk
 from storage.files import write_text_atomic
 from storage.parquet import read_parts
@@ -90,7 +91,7 @@ def write_report(
             f"{config.discriminator.backbone} + {config.discriminator.text_encoder}, "
             f"{model.counts['iterations']} iterations, last iteration kept",
         ),
-        ("threshold", f"{config.threshold} (fixed; never tuned on test data)"),
+        ("threshold", _threshold_line(config, root / model.uris["checkpoint"])),
         ("test images", str(evaluation.counts["test"])),
     ]
     rows = [
@@ -109,6 +110,17 @@ def write_report(
     out = root / "report.html"
     write_text_atomic(out, page)
     return str(out)
+
+
+def _threshold_line(config: RunConfig, checkpoint) -> str:
+    cal = reference_calibration(checkpoint)
+    if cal is None:
+        return f"{config.threshold} on the mean of the class maps (fixed; never tuned on test data)"
+    return (
+        f"{config.threshold} on the calibrated reference map, i.e. nearest-neighbour distance tau = "
+        f"{cal['threshold']:.4f} (rule {config.discriminator.calibration}, fitted on leave-one-out support "
+        f"views only; no test image; slope {cal['scale']:.4f})"
+    )
 
 
 def _view(

@@ -17,7 +17,7 @@ from storage.split import dataset_hash, split_table, write_split
 from tasks.common import cache_key, file_sha256
 
 STAGE = "split"
-STAGE_VERSION = "1"
+STAGE_VERSION = "2"
 
 
 def split_key(config: RunConfig) -> str:

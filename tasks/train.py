@@ -20,16 +20,18 @@ from prefect import task
 from schemas.config import RunConfig
 from schemas.manifests import Manifest
 from schemas.priors import AnomalyPrior, PriorsFile
+from schemas.tables import SAMPLES
 from storage.arrays import open_group, read_samples
 from storage.checkpoints import load_discriminator, save_discriminator
 from storage.layout import RunLayout
+from storage.parquet import read_parts
 from tasks.common import cache_key
-from uniadc.augment import augment
+from uniadc.augment import augment_with_views
 from uniadc.discriminator import Discriminator, TrainingData, build_discriminator, restore_discriminator
 from uniadc.discriminator import train_discriminator as fit
 
 STAGE = "train"
-STAGE_VERSION = "2"
+STAGE_VERSION = "3"
 OPEN_SET_SAMPLES = 16
 
 
@@ -58,22 +60,34 @@ def load_training_data(
     idx_normal = np.flatnonzero(labels == 0)
     idx_real = np.flatnonzero(labels > 0) if few_shot else np.zeros(0, np.int64)
     normals = read_samples(group, "images", idx_normal)
-    images, masks, real = [], [], []
+    source_of = {image_id: i for i, image_id in enumerate(rows["image_id"].to_numpy()[idx_normal])}
+    images, masks, real, sources = [], [], [], []
     for m in samples:
         g = open_group(root / m.uris["zarr"])
         idx = np.arange(m.counts["samples"])
         images.append(read_samples(g, "images", idx))
         masks.append(read_samples(g, "class_masks", idx))
         real.append(np.zeros(len(idx), bool))
+        ids = read_parts(root / m.uris["rows"], SAMPLES).sort("zarr_index")["source_image_id"].to_list()
+        sources.append(np.array([source_of.get(i, -1) for i in ids], np.int64))
     if len(idx_real):
         images.append(read_samples(group, "images", idx_real))
         masks.append(read_samples(group, "class_masks", idx_real))
         real.append(np.ones(len(idx_real), bool))
+        sources.append(np.full(len(idx_real), -1, np.int64))
+    if not images:
+        raise ValueError("no anomaly images to train on: no synthetic samples and no real anomaly support")
+    anomalies = np.concatenate(images)
     return TrainingData(
         normals=normals,
-        anomalies=np.concatenate(images),
+        anomalies=anomalies,
         anomaly_masks=np.concatenate(masks),
         anomaly_is_real=np.concatenate(real),
+        reference_images=normals,
+        normal_source=np.arange(len(normals), dtype=np.int64),
+        normal_view=np.zeros(len(normals), np.int64),
+        anomaly_source=np.concatenate(sources),
+        anomaly_view=np.zeros(len(anomalies), np.int64),
     )
 
 
@@ -102,14 +116,23 @@ def augment_training_data(data: TrainingData, config: RunConfig) -> TrainingData
     """Seeded augmented copies of the normals and the anomalies (``uniadc.augment``)."""
     d = config.discriminator
     rng = np.random.default_rng([config.seed, zlib.crc32(b"augment")])
-    normals, _ = augment(data.normals, None, d.augment_normal_copies, rng)
-    anomalies, masks = augment(data.anomalies, data.anomaly_masks, d.augment_anomaly_copies, rng)
+    normals, _, normal_views = augment_with_views(data.normals, None, d.augment_normal_copies, rng)
+    anomalies, masks, anomaly_views = augment_with_views(
+        data.anomalies, data.anomaly_masks, d.augment_anomaly_copies, rng
+    )
     real = data.anomaly_is_real if data.anomaly_is_real is not None else np.zeros(len(data.anomalies), bool)
+    ref, source, _ = data.sources()
+    n = len(data.normals)
     return TrainingData(
         normals=normals,
         anomalies=anomalies,
         anomaly_masks=masks,
         anomaly_is_real=np.tile(real, 1 + d.augment_anomaly_copies),
+        reference_images=ref,
+        normal_source=np.tile(source[:n], 1 + d.augment_normal_copies),
+        normal_view=normal_views,
+        anomaly_source=np.tile(source[n:], 1 + d.augment_anomaly_copies),
+        anomaly_view=anomaly_views,
     )
 
 
@@ -135,11 +158,19 @@ def train_model(
         real = (
             data.anomaly_is_real if data.anomaly_is_real is not None else np.zeros(len(data.anomalies), bool)
         )
+        ref, source, view = data.sources()
+        n = len(data.normals)
         data = TrainingData(
             normals=data.normals,
             anomalies=np.concatenate([data.anomalies, extra]),
             anomaly_masks=np.concatenate([data.anomaly_masks, extra_masks]),
             anomaly_is_real=np.concatenate([real, np.zeros(len(extra), bool)]),
+            reference_images=ref,
+            normal_source=source[:n],
+            normal_view=view[:n],
+            # the open-set samples are rendered into random support normals: compare them with no exclusion
+            anomaly_source=np.concatenate([source[n:], np.full(len(extra), -1, np.int64)]),
+            anomaly_view=np.concatenate([view[n:], np.zeros(len(extra), np.int64)]),
         )
     data = augment_training_data(data, config)
     model = build_discriminator(

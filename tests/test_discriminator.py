@@ -35,7 +35,13 @@ SIZE = 64
 
 def tiny_config(**kw) -> DiscriminatorConfig:
     base = dict(
-        backbone="tiny", text_encoder="tiny", fusion_dim=16, iterations=12, batch_size=6, num_threads=1
+        backbone="tiny",
+        text_encoder="tiny",
+        fusion_dim=16,
+        iterations=12,
+        batch_size=6,
+        num_threads=1,
+        reference="none",  # the paper head; the knn reference has its own tests (test_reference.py)
     )
     return DiscriminatorConfig(**(base | kw))
 
@@ -354,7 +360,9 @@ def test_checkpoint_rejects_foreign_files(tmp_path):
 
 @pytest.fixture(scope="module")
 def real_model():
-    cfg = DiscriminatorConfig(backbone="effnet-lite0", text_encoder="minilm", fusion_dim=32, num_threads=1)
+    cfg = DiscriminatorConfig(
+        backbone="effnet-lite0", text_encoder="minilm", fusion_dim=32, num_threads=1, reference="none"
+    )
     texts = [["Black hole"], ["Surface cracking"], ["Crack on the surface"]]
     return build_discriminator(cfg, texts, 256, seed=0)
 

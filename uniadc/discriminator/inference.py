@@ -21,12 +21,15 @@ class Prediction:
         class_maps: (N, H, W) uint8, 0 normal, k category k (K + 1 = "other" in open-set mode).
         image_scores: (N,) float32, maximum of each anomaly map.
         image_classes: (N,) int64, category with the largest predicted area, 0 if none.
+        class_argmax: (N, H, W) uint8, ``1 + argmax`` category at every pixel (no threshold), to apply other
+            thresholds to the same model.
     """
 
     anomaly_maps: np.ndarray
     class_maps: np.ndarray
     image_scores: np.ndarray
     image_classes: np.ndarray
+    class_argmax: np.ndarray
 
 
 def _check_features(model: Discriminator, features: list[Tensor], n: int) -> None:
@@ -68,6 +71,7 @@ def predict(
         _check_features(model, features, n)
     anomaly_maps = np.empty((n, h, w), np.float32)
     class_maps = np.empty((n, h, w), np.uint8)
+    argmax = np.empty((n, h, w), np.uint8)
     previous_threads = torch.get_num_threads()
     if model.config.num_threads is not None:
         torch.set_num_threads(model.config.num_threads)
@@ -82,8 +86,10 @@ def predict(
                     feats = [f[start:stop] for f in features]
                 out = model.head(feats, (h, w))  # grid -> input size in one interpolation
                 anomaly_maps[start:stop] = torch.sigmoid(out.anomaly_logit).numpy()
-                class_maps[start:stop] = decision.pixel_classes(
-                    anomaly_maps[start:stop], out.class_logits.numpy(), threshold
+                scores = out.class_logits.numpy()
+                class_maps[start:stop] = decision.pixel_classes(anomaly_maps[start:stop], scores, threshold)
+                argmax[start:stop] = decision.pixel_classes(
+                    np.ones_like(anomaly_maps[start:stop]), scores, 0.5
                 )
     finally:
         torch.set_num_threads(previous_threads)
@@ -92,4 +98,5 @@ def predict(
         class_maps=class_maps,
         image_scores=decision.image_scores(anomaly_maps),
         image_classes=decision.image_classes(class_maps, model.num_classes),
+        class_argmax=argmax,
     )

@@ -8,6 +8,13 @@ learnable scale ``s``; class map ``sigmoid(z_k)``; anomaly map = mean of the cla
 ``log(mean sigmoid(z)) - log(mean sigmoid(-z))``. Both are computed on the feature grid and upsampled
 bilinearly (as logits) to the image size, so on the grid ``sigmoid(anomaly_logit)`` is exactly the paper's
 mean; between grid points it is the interpolated mean. No normal prompt.
+
+With ``config.reference == "knn"`` (beyond the paper) the model also holds a
+:class:`uniadc.reference.ReferenceScorer`: a nearest-neighbour bank of the support normals. Each feature level
+gets one more channel, the distance of each location to its nearest normal patch at that level, so the class
+embedding sees how a location differs from the normals; and the anomaly map is the reference's smoothed
+distance map, calibrated on training data (``sigmoid((D - tau) / scale)``, 0.5 at the fitted tau). The
+learned mean-of-class-maps anomaly map is then only a training signal.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from uniadc.discriminator.backbones import (
     TinyBackbone,
 )
 from uniadc.discriminator.clip import load_clip
+from uniadc.reference import ReferenceScorer
 
 INIT_LOGIT_SCALE = 10.0  # s at initialisation; learnable (as log s)
 
@@ -132,8 +140,9 @@ class Discriminator(nn.Module):
             seed,
         )
         self.backbone = backbone
+        extra = 1 if config.reference == "knn" else 0  # one distance channel per level
         # channels-last: ~1.3x faster depthwise/pointwise convolutions on CPU (same numbers).
-        self.fusion = FusionNetwork(backbone.channels, config.fusion_dim).to(
+        self.fusion = FusionNetwork(tuple(c + extra for c in backbone.channels), config.fusion_dim).to(
             memory_format=torch.channels_last
         )
         self.register_buffer("text_features", text_features.float().clone())
@@ -141,6 +150,7 @@ class Discriminator(nn.Module):
         self.other_embedding = nn.Parameter(torch.randn(1, config.fusion_dim)) if config.open_set else None
         self.log_scale = nn.Parameter(torch.tensor(math.log(INIT_LOGIT_SCALE)))
         self.num_classes = text_features.shape[0] + int(config.open_set)
+        self.reference: ReferenceScorer | None = None  # set by training (knn) or by restoring a checkpoint
 
     def class_embeddings(self) -> Tensor:
         """(K, fusion_dim) L2-normalised category embeddings (the "other" one last in open-set mode)."""
@@ -154,18 +164,47 @@ class Discriminator(nn.Module):
         """Frozen backbone features of (B, 3, H, W) normalised images (no gradient)."""
         return self.backbone(images)
 
-    def grid_logits(self, features: list[Tensor]) -> Tensor:
-        """(B, K, h, w) class logits ``s * cos(f, t_k)`` on the feature grid."""
+    def _reference(self) -> ReferenceScorer:
+        if self.reference is None:
+            raise ValueError(
+                "reference='knn' but the model has no reference bank (train it or load a checkpoint)"
+            )
+        return self.reference
+
+    def reference_distances(self, features: list[Tensor]) -> list[Tensor] | None:
+        """Per-level distances of ``features`` to the full bank (None without a reference)."""
+        if self.config.reference != "knn":
+            return None
+        return self._reference().distances(features)
+
+    def grid_logits(self, features: list[Tensor], distances: list[Tensor] | None = None) -> Tensor:
+        """(B, K, h, w) class logits ``s * cos(f, t_k)`` on the feature grid.
+
+        With a reference, ``distances`` are the per-level distance channels (default: to the full bank;
+        training passes leave-one-out distances).
+        """
+        if self.config.reference == "knn":
+            if distances is None:
+                distances = self.reference_distances(features)
+            features = [
+                torch.cat([f, d[:, None].to(f.dtype)], 1) for f, d in zip(features, distances, strict=True)
+            ]
         emb = F.normalize(self.fusion(features), dim=1)
         return torch.einsum("bdhw,kd->bkhw", emb, self.class_embeddings()) * self.log_scale.exp()
 
     def head(self, features: list[Tensor], size: tuple[int, int]) -> DiscriminatorOutput:
         """Trainable part: features -> class logits and anomaly logit, upsampled to ``size`` (H, W)."""
-        logits = self.grid_logits(features)
-        anomaly = anomaly_logit_from_class_logits(logits)[:, None]
+        distances = self.reference_distances(features)
+        logits = self.grid_logits(features, distances)
+        if distances is not None:
+            reference = self._reference()
+            anomaly_logit = reference.logit(reference.distance_map(distances, size))
+        else:
+            anomaly = anomaly_logit_from_class_logits(logits)[:, None]
+            anomaly_logit = F.interpolate(anomaly, size=size, mode="bilinear", align_corners=False)[:, 0]
         return DiscriminatorOutput(
             class_logits=F.interpolate(logits, size=size, mode="bilinear", align_corners=False),
-            anomaly_logit=F.interpolate(anomaly, size=size, mode="bilinear", align_corners=False)[:, 0],
+            anomaly_logit=anomaly_logit,
         )
 
     def forward(self, images: Tensor) -> DiscriminatorOutput:
@@ -248,6 +287,8 @@ def restore_discriminator(
             from ``backbone_sha256`` (e.g. other backbone weights than at training time).
     """
     model = build_discriminator(config, category_texts, image_size, seed)
+    if any(k.startswith("reference.") for k in state):
+        model.reference = ReferenceScorer.empty_like_state(state)
     if backbone_sha256 is not None and model.backbone_fingerprint() != backbone_sha256:
         raise ValueError(
             f"backbone_sha256={backbone_sha256[:12]}... does not match the rebuilt "

@@ -8,6 +8,15 @@ model kept is the last iteration (no validation, no test image).
 Batches: the real images (normal support images and, few-shot, real anomaly support images) fill at most half
 of each batch (all of them when they fit, as the official sampler does), synthetic anomalies the rest; both
 pools are walked through seeded permutations, so every image is seen equally often.
+
+With a reference (``config.reference == "knn"``) the bank is built first from the dihedral views of the real
+support normals. Every training image then gets its distance channels **leave-one-out**: an image made from
+support image i (a normal view, an augmented copy, a synthetic defect rendered into it) is compared with a
+bank without image i's patches; with a single support image, without the patches of that image (in any of
+its eight views) that came from within half a side of the query location. Normal regions of training images
+are therefore about as far from the bank as those of an unseen normal tile, and the model cannot learn "zero
+distance = normal". The same leave-one-out maps of the support views calibrate the anomaly threshold
+(``uniadc.reference.calibration``; docs/reference.md).
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from torch.nn import functional as F
 from schemas.config import DiscriminatorConfig
 from uniadc.discriminator.losses import grid_loss
 from uniadc.discriminator.model import Discriminator, image_features
+from uniadc.reference import ReferenceScorer, dihedral_views, fit_calibration
 
 
 @dataclass(frozen=True)
@@ -35,12 +45,22 @@ class TrainingData:
         anomaly_masks: (M, H, W) uint8 class maps: 0 normal, k in 1..K category k, K + 1 "other"
             (class-agnostic synthetic anomalies, open-set mode only).
         anomaly_is_real: optional (M,) bool, True for real anomaly support images (kept in every batch).
+        reference_images: optional (k, H, W, 3) uint8 support normals for the reference bank (default: the
+            ``normals`` themselves, each its own source).
+        normal_source, anomaly_source: optional (N,) / (M,) int64 index into ``reference_images`` of the
+            image each training image was made from (-1: none, e.g. a real anomaly).
+        normal_view, anomaly_view: optional (N,) / (M,) int64 dihedral view the image was made in (0: as is).
     """
 
     normals: np.ndarray
     anomalies: np.ndarray
     anomaly_masks: np.ndarray
     anomaly_is_real: np.ndarray | None = None
+    reference_images: np.ndarray | None = None
+    normal_source: np.ndarray | None = None
+    normal_view: np.ndarray | None = None
+    anomaly_source: np.ndarray | None = None
+    anomaly_view: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         for name in ("normals", "anomalies"):
@@ -76,6 +96,40 @@ class TrainingData:
                 f"anomaly_is_real must be None or a ({m},) bool array, got "
                 f"{getattr(real, 'shape', None)} {getattr(real, 'dtype', None)}"
             )
+        n = self.normals.shape[0]
+        for name, length in (
+            ("normal_source", n),
+            ("normal_view", n),
+            ("anomaly_source", m),
+            ("anomaly_view", m),
+        ):
+            a = getattr(self, name)
+            if a is not None and (not isinstance(a, np.ndarray) or a.shape != (length,)):
+                raise ValueError(
+                    f"{name} must be None or a ({length},) int array, got {getattr(a, 'shape', a)}"
+                )
+        ref = self.reference_images
+        if ref is not None and (
+            ref.dtype != np.uint8 or ref.ndim != 4 or ref.shape[1:] != self.anomalies.shape[1:]
+        ):
+            raise ValueError(f"reference_images must be (k, H, W, 3) uint8 like anomalies, got {ref.shape}")
+        k = len(ref) if ref is not None else n
+        for name in ("normal_source", "anomaly_source"):
+            a = getattr(self, name)
+            if a is not None and len(a) and (a.min() < -1 or a.max() >= k):
+                raise ValueError(f"{name} values must be -1 or indices below {k}")
+
+    def sources(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(reference images, source (N + M,), view (N + M,)) with the documented defaults filled in."""
+        n, m = self.normals.shape[0], self.anomalies.shape[0]
+        ref = self.reference_images if self.reference_images is not None else self.normals
+        ns = self.normal_source if self.normal_source is not None else np.arange(n)
+        if self.reference_images is None and self.normal_source is not None:
+            raise ValueError("normal_source needs reference_images")
+        a_s = self.anomaly_source if self.anomaly_source is not None else np.full(m, -1)
+        nv = self.normal_view if self.normal_view is not None else np.zeros(n, np.int64)
+        av = self.anomaly_view if self.anomaly_view is not None else np.zeros(m, np.int64)
+        return ref, np.concatenate([ns, a_s]).astype(np.int64), np.concatenate([nv, av]).astype(np.int64)
 
 
 class _Cycler:
@@ -193,6 +247,9 @@ def _train(
     is_real = (
         data.anomaly_is_real if data.anomaly_is_real is not None else np.zeros(len(data.anomalies), bool)
     )
+    distances = None
+    if model.config.reference == "knn":
+        distances = fit_reference(model, data, features, masks, config)
     generator = torch.Generator().manual_seed(seed)
     sampler = BatchSampler(data.normals.shape[0], is_real, config.batch_size, generator)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -203,7 +260,9 @@ def _train(
     try:
         for it in range(config.iterations):
             idx = torch.from_numpy(sampler.next())
-            logits = model.grid_logits([f[idx] for f in features])
+            logits = model.grid_logits(
+                [f[idx] for f in features], None if distances is None else [d[idx] for d in distances]
+            )
             loss = grid_loss(logits, masks[idx].long(), config.cls_weight)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
@@ -217,3 +276,61 @@ def _train(
     finally:
         model.eval()
     return history
+
+
+SPATIAL_RADIUS = 0.5  # k = 1: a query is matched only by parts of its tile at least half a side away
+
+
+def leave_one_out_distances(
+    reference: ReferenceScorer, features: list[Tensor], source: np.ndarray, view: np.ndarray, k: int
+) -> list[Tensor]:
+    """Distances of training images to the bank without their own source image.
+
+    k >= 2: every patch of the source image is left out. k = 1: leaving the only image out leaves nothing,
+    and leaving out only the identical view leaves the same pixels rotated (near-zero distances, far below a
+    new tile's); so the patches of the source that came from within ``SPATIAL_RADIUS`` of the query
+    location, in any view, are left out, and a location is matched by the distant half of its own tile.
+    """
+    owner = torch.from_numpy(source)
+    spatial = k == 1
+    exclude_view = torch.from_numpy(view if spatial else np.full(len(view), -1, np.int64))
+    radius = SPATIAL_RADIUS if spatial else None
+    chunks = [
+        reference.distances(
+            [f[s : s + 64] for f in features], owner[s : s + 64], exclude_view[s : s + 64], radius
+        )
+        for s in range(0, len(source), 64)
+    ]
+    return [torch.cat(level) for level in zip(*chunks, strict=True)]
+
+
+def fit_reference(
+    model: Discriminator,
+    data: TrainingData,
+    features: list[Tensor],
+    masks: Tensor,
+    config: DiscriminatorConfig,
+) -> list[Tensor]:
+    """Build the bank, compute leave-one-out distances of every training image, calibrate; returns distances."""
+    ref_images, source, view = data.sources()
+    if len(ref_images) == 0:
+        raise ValueError("reference='knn' needs at least one normal support image for its bank")
+    views, owner, view_index = dihedral_views(ref_images)
+    view_features = image_features(model, views)
+    model.reference = ReferenceScorer.from_features(view_features, owner, view_index)
+    k = len(ref_images)
+    distances = leave_one_out_distances(model.reference, features, source, view, k)
+    size = (model.image_size, model.image_size)
+
+    def maps(dist: list[Tensor]) -> np.ndarray:
+        m = len(dist[0])
+        parts = [model.reference.distance_map([d[s : s + 64] for d in dist], size) for s in range(0, m, 64)]
+        return torch.cat(parts).numpy()
+
+    n = data.normals.shape[0]
+    normal_maps = maps(leave_one_out_distances(model.reference, view_features, owner, view_index, k))
+    anomaly_maps = maps([d[n:] for d in distances])
+    calibration = fit_calibration(normal_maps, anomaly_maps, masks[n:].numpy() > 0, config.calibration)
+    normal_max = fit_calibration(normal_maps, rule="normal_max").threshold
+    model.reference.set_calibration(calibration, normal_max)
+    return distances
