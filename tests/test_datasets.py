@@ -112,3 +112,30 @@ def test_split_refuses_too_few(tmp_path):
         draw_split(recs, _cfg(k_normal=9))
     with pytest.raises(DataError, match=r"k_anomaly: 3 .*at least one must stay"):
         draw_split(recs, _cfg(setting="few_shot", k_anomaly=3))
+
+
+def test_few_shot_support_never_draws_an_empty_mask(tmp_path):
+    """MTD ships defect images whose mask is empty; they stay in the test set and are never support."""
+    root = make_mtd(tmp_path, {"Free": 6, "Blowhole": 4, "Crack": 3})
+    empty = ["exp_0", "exp_1", "exp_2"]
+    for stem in empty:
+        Image.new("L", (32, 32), 0).save(root / "MT_Blowhole" / "Imgs" / f"{stem}.png")
+    recs = scan_dataset("mtd", root)
+    for seed in range(8):
+        cfg = RunConfig.model_validate(
+            {
+                "dataset": {"kind": "mtd", "root": "x"},
+                "setting": "few_shot",
+                "k_normal": 1,
+                "k_anomaly": 1,
+                "seed": seed,
+            }
+        )
+        s = draw_split(recs, cfg)
+        assert s["MT_Blowhole/exp_3"] == "support"  # the only Blowhole with a defect in its mask
+        assert all(s[f"MT_Blowhole/{stem}"] == "test" for stem in empty)
+    cfg2 = RunConfig.model_validate(
+        {"dataset": {"kind": "mtd", "root": "x"}, "setting": "few_shot", "k_normal": 1, "k_anomaly": 2}
+    )
+    with pytest.raises(DataError, match=r"only 1 have a non-empty mask"):
+        draw_split(recs, cfg2)
