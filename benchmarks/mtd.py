@@ -111,6 +111,7 @@ def run_one(
 
     ours, knn = _scores(evaluation, model, cfg.threshold, len(priors.categories))
     out = {"uniadc": ours, "knn": knn, "test": evaluation.counts["test"], "synthesis_s": t_syn}
+    out["detector"] = _detector(model)
     if ablation and setting == "few_shot":
         model0 = train_model.fn(cfg, priors, support, [], train_key(cfg, priors, support, []))
         ev0 = evaluate_model.fn(cfg, priors, split, model0, evaluate_key(cfg, split, model0))
@@ -121,13 +122,28 @@ def run_one(
     return out
 
 
+def _detector(model) -> str:
+    """Which map the trained model decides with, and the held-out AUROCs behind the choice."""
+    import math
+
+    from storage.checkpoints import reference_calibration
+
+    cal = reference_calibration(Path(model.run_dir) / model.uris["checkpoint"]) or {}
+    name = "learned" if math.isfinite(cal.get("learned_tau_logit", math.nan)) else "reference"
+    auc = cal.get("probe_auc_learned", math.nan), cal.get("probe_auc_reference", math.nan)
+    held = cal.get("probe_learned_max", math.nan)
+    return (
+        f"{name} ({100 * auc[0]:.1f}/{100 * auc[1]:.1f}, max {held:.3f})" if math.isfinite(auc[0]) else name
+    )
+
+
 def _scores(evaluation, model, threshold: float, k: int) -> tuple[dict, dict]:
     """(ours, knn) metrics of one evaluation, fractions.
 
     ours: the evaluate stage's metrics plus normal_clean, defect_class_acc and all_normal_acc. knn: the
-    nearest-neighbour reference alone with its own training-data threshold (``normal_max``: the largest
-    leave-one-out support-view score) and the discriminator's class argmax where it fires; its anomaly map is
-    the reference distance map, so its I-AUC / P-AUC / PRO are computed on the same maps.
+    nearest-neighbour reference alone (its calibrated distance map, stored by evaluate as reference_maps)
+    with its own training-data threshold (``normal_max``: the largest leave-one-out support-view score) and
+    the discriminator's class argmax where it fires.
     """
     import numpy as np
     import polars as pl
@@ -157,7 +173,7 @@ def _scores(evaluation, model, threshold: float, k: int) -> tuple[dict, dict]:
         return ours, {}
     tau, scale, tau_n = cal["threshold"], cal["scale"], cal["normal_max"]
     group = zarr.open_group(str(root / evaluation.uris["zarr"]), mode="r")
-    maps, gt, argmax = (group[n][:] for n in ("anomaly_maps", "gt_class_maps", "class_argmax"))
+    maps, gt, argmax = (group[n][:] for n in ("reference_maps", "gt_class_maps", "class_argmax"))
     cut = 1.0 / (1.0 + np.exp(-(tau_n - tau) / scale))  # tau_n on the calibrated map
     classes = np.where(maps >= cut, argmax, 0).astype(np.uint8)
     knn = metrics.evaluate(maps, gt, classes, k, labels=labels)
@@ -251,6 +267,7 @@ def main() -> None:
                 "test_images": runs[0]["test"],
                 "paper_clip": dict(zip(METRICS, paper, strict=True)),
                 "knn": knn or None,
+                "detector": [r["detector"] for r in runs],
                 "no_synthesis": abl or None,
                 "command": "python benchmarks/mtd.py " + " ".join(sys.argv[1:]),
             }
@@ -283,6 +300,9 @@ def write_results(results: list[dict], args) -> None:
         "every MTD image outside the support set; images and masks resized to 256x256; anomaly threshold "
         "fitted on training data only (leave-one-out support views and synthetic samples, stored in the "
         "checkpoint; 0.5 on the calibrated map); last training iteration kept; no test statistics used.",
+        "- map used: which anomaly map the default kept per seed (discriminator.detector: auto), with the pixel "
+        "AUROC of the learned / reference map on the support tile held out from a probe model and the learned "
+        "map's maximum on that tile's normal views (the learned map is kept only if it wins and stays < 0.5).",
         "- rows: ours = the default pipeline (discriminator.reference: knn); knn = the nearest-neighbour "
         "reference alone (same bank, same maps, its own threshold = largest leave-one-out support-view score, "
         "classes from the discriminator's class argmax); w/o synthesis = the discriminator trained on the "
@@ -301,6 +321,8 @@ def write_results(results: list[dict], args) -> None:
             f"| {r['setting']} | {r['k_normal']} | {r['k_anomaly']} | ours | {_fmt(ours)} | {r['wall_s']} |"
         )
         lines.append(f"| | | | knn | {_fmt(r.get('knn'))} | |")
+        if r.get("detector"):
+            lines.append(f"| | | | map used, per seed | {', '.join(r['detector'])} | | | | | | | | |")
         lines.append(f"| | | | w/o synthesis | {_fmt(r.get('no_synthesis'))} | |")
         paper = " | ".join(f"{r['paper_clip'][m]:.2f}" for m in METRICS)
         lines.append(f"| | | | paper (CLIP) | {paper} | | | | |")
@@ -311,7 +333,12 @@ def write_results(results: list[dict], args) -> None:
         json.dumps(
             [
                 {k: r.get(k) for k in keep}
-                | {"knn": r.get("knn"), "no_synthesis": r.get("no_synthesis"), "paper_clip": r["paper_clip"]}
+                | {
+                    "knn": r.get("knn"),
+                    "no_synthesis": r.get("no_synthesis"),
+                    "paper_clip": r["paper_clip"],
+                    "detector": r.get("detector"),
+                }
                 for r in results
             ],
             indent=2,

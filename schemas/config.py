@@ -155,6 +155,13 @@ class DiscriminatorConfig(_Frozen):
         "leave-one-out training maps) and a distance channel per level to the fusion network; none: the "
         "paper's head alone",
     )
+    detector: Literal["auto", "reference", "learned"] = Field(
+        default="auto",
+        description="with reference=knn, which anomaly map decides: auto = the one with the higher pixel AUROC "
+        "on a support tile held out from a probe model (k_normal >= 2; reference otherwise); reference = the "
+        "calibrated nearest-neighbour map; learned = the mean of the class maps "
+        "(uniadc.discriminator.detector_choice)",
+    )
     calibration: Literal["balanced", "normal_max"] = Field(
         default="normal_max",
         description="how the reference threshold is fitted on leave-one-out training maps: normal_max = no "

@@ -138,12 +138,18 @@ def load_discriminator(path: str | Path) -> DiscriminatorCheckpoint:
 
 
 def reference_calibration(path: str | Path) -> dict[str, float] | None:
-    """``{"threshold", "scale", "normal_max"}`` of a checkpoint's normal reference, None if it has none."""
+    """``{"threshold", "scale", "normal_max", "learned_tau_logit", "probe_auc_learned", "probe_auc_reference",
+    "probe_learned_max"}`` of a checkpoint's normal reference (floats; NaN where unset), None if it has none."""
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             names = set(f.keys())
             if "reference.threshold" not in names:
                 return None
-            return {n: float(f.get_tensor(f"reference.{n}")) for n in ("threshold", "scale", "normal_max")}
+            out = {n: float(f.get_tensor(f"reference.{n}")) for n in ("threshold", "scale", "normal_max")}
+            if "reference.learned_tau_logit" in names and "reference.probe" in names:
+                out["learned_tau_logit"] = float(f.get_tensor("reference.learned_tau_logit"))
+                probe = [float(v) for v in f.get_tensor("reference.probe").tolist()]
+                out["probe_auc_learned"], out["probe_auc_reference"], out["probe_learned_max"] = probe
+            return out
     except Exception as exc:  # safetensors raises its own error types for corrupt headers
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc

@@ -1,7 +1,8 @@
 """Stage ``evaluate``: the test split through the trained discriminator -> maps, rows, metrics.
 
 Writes ``evaluate-<key>/maps.zarr`` (``anomaly_maps`` (N, S, S) float32, ``class_maps`` (N, S, S) uint8,
-``gt_class_maps`` (N, S, S) uint8, ``class_argmax`` (N, S, S) uint8 unthresholded ``1 + argmax`` class),
+``gt_class_maps`` (N, S, S) uint8, ``class_argmax`` (N, S, S) uint8 unthresholded ``1 + argmax`` class, and
+with a reference ``reference_maps`` (N, S, S) float32, its calibrated map),
 ``evaluate-<key>/predictions/`` (one Parquet row per test image) and
 ``evaluate-<key>/metrics.parquet``. Test images and masks are resized to the run's ``image_size`` (masks by
 nearest neighbour), so every metric is computed at one resolution. The threshold is the config's value on the
@@ -59,14 +60,17 @@ def evaluate_model(
     rows = read_split(layout.root / split.uris["split"]).filter(pl.col("split") == "test").sort("image_id")
     n, size, k = rows.height, config.image_size, len(priors.categories)
     names = ["normal", *priors.names] + (["other"] if config.discriminator.open_set else [])
+    arrays = {
+        "anomaly_maps": ((n, size, size), "float32"),
+        "class_maps": ((n, size, size), "uint8"),
+        "gt_class_maps": ((n, size, size), "uint8"),
+        "class_argmax": ((n, size, size), "uint8"),
+    }
+    if model.reference is not None:
+        arrays["reference_maps"] = ((n, size, size), "float32")
     group = create_group(
         out / "maps.zarr",
-        {
-            "anomaly_maps": ((n, size, size), "float32"),
-            "class_maps": ((n, size, size), "uint8"),
-            "gt_class_maps": ((n, size, size), "uint8"),
-            "class_argmax": ((n, size, size), "uint8"),
-        },
+        arrays,
         attrs=provenance(config.to_json(), {"stage": STAGE, "cache_key": key, "class_names": names}),
         overwrite=True,
     )
@@ -91,6 +95,7 @@ def evaluate_model(
                 class_maps=pred.class_maps[j],
                 gt_class_maps=gt[j],
                 class_argmax=pred.class_argmax[j],
+                **({} if pred.reference_maps is None else {"reference_maps": pred.reference_maps[j]}),
             )
         write_part(
             out / "predictions",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -116,10 +117,22 @@ def _threshold_line(config: RunConfig, checkpoint) -> str:
     cal = reference_calibration(checkpoint)
     if cal is None:
         return f"{config.threshold} on the mean of the class maps (fixed; never tuned on test data)"
+    probe = (
+        f"pixel AUROC on the held-out support tile: learned {100 * cal['probe_auc_learned']:.1f}, reference "
+        f"{100 * cal['probe_auc_reference']:.1f}; learned map's maximum on its normal views "
+        f"{cal['probe_learned_max']:.3f}"
+        if math.isfinite(cal.get("probe_auc_learned", math.nan))
+        else "no held-out tile"
+    )
+    if math.isfinite(cal.get("learned_tau_logit", math.nan)):
+        return (
+            f"{config.threshold} on the learned map shifted to its held-out calibration (learned map "
+            f"{1 / (1 + math.exp(-cal['learned_tau_logit'])):.3f}; {probe}; no test image)"
+        )
     return (
         f"{config.threshold} on the calibrated reference map, i.e. nearest-neighbour distance tau = "
         f"{cal['threshold']:.4f} (rule {config.discriminator.calibration}, fitted on leave-one-out support "
-        f"views only; no test image; slope {cal['scale']:.4f})"
+        f"views only; {probe}; no test image; slope {cal['scale']:.4f})"
     )
 
 

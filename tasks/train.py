@@ -31,7 +31,7 @@ from uniadc.discriminator import Discriminator, TrainingData, build_discriminato
 from uniadc.discriminator import train_discriminator as fit
 
 STAGE = "train"
-STAGE_VERSION = "3"
+STAGE_VERSION = "5"
 OPEN_SET_SAMPLES = 16
 
 

@@ -216,3 +216,40 @@ def test_spatial_leave_out_matches_brute_force():
         assert abs(float(got[i]) - float(want)) < 2e-3
     # the identical location in the identical view is always excluded: never distance 0
     assert float(got.min()) > 1e-3
+
+
+def test_detector_choice_probe_never_sees_the_held_out_tile():
+    from uniadc.discriminator.detector_choice import choose_detector
+    from uniadc.discriminator.training import _train
+
+    model = build_discriminator(_knn_config(), [["dark"], ["bright"]], SIZE, seed=0)
+    data = _toy()
+    seen = {}
+
+    def spy(m, d, c, s):
+        seen["data"], seen["config"] = d, c
+        return _train(m, d, c, s, None)
+
+    choice = choose_detector(model, data, model.config, 0, spy)
+    probe = seen["data"]
+    held = data.reference_images[1]
+    assert seen["config"].detector == "reference"  # the probe does not recurse
+    assert len(probe.reference_images) == 1 and not np.array_equal(probe.reference_images[0], held)
+    assert not any(np.array_equal(n, held) for n in probe.normals)
+    assert len(probe.anomalies) == 2  # the two samples rendered into tile 1 are the validation defects
+    assert np.isfinite(choice.auc_learned) and np.isfinite(choice.auc_reference)
+    assert choice.validation_images == 8 + 2 and choice.learned_tau_logit >= 0.0
+    assert choice.use_learned == (choice.auc_learned > choice.auc_reference and choice.held_out_max < 0.5)
+    assert model.reference is None  # the model itself is untouched
+    # one support tile: nothing to hold out, the reference decides
+    one = TrainingData(data.normals[:1], data.anomalies[::2], data.anomaly_masks[::2])
+    assert choose_detector(model, one, model.config, 0, spy).use_learned is False
+
+
+def test_forced_learned_detector_shifts_the_learned_map():
+    model = build_discriminator(_knn_config(detector="learned"), [["dark"], ["bright"]], SIZE, seed=0)
+    train_discriminator(model, _toy(), model.config, seed=0)
+    assert model.reference.uses_learned and np.isfinite(model.reference.probe).all()
+    ref_model = build_discriminator(_knn_config(detector="reference"), [["dark"], ["bright"]], SIZE, seed=0)
+    train_discriminator(ref_model, _toy(), ref_model.config, seed=0)
+    assert not ref_model.reference.uses_learned and np.isnan(ref_model.reference.probe).all()

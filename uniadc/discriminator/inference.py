@@ -23,6 +23,8 @@ class Prediction:
         image_classes: (N,) int64, category with the largest predicted area, 0 if none.
         class_argmax: (N, H, W) uint8, ``1 + argmax`` category at every pixel (no threshold), to apply other
             thresholds to the same model.
+        reference_maps: (N, H, W) float32 calibrated nearest-neighbour map when the model has a reference
+            (equal to ``anomaly_maps`` unless the learned map was chosen), else None.
     """
 
     anomaly_maps: np.ndarray
@@ -30,6 +32,7 @@ class Prediction:
     image_scores: np.ndarray
     image_classes: np.ndarray
     class_argmax: np.ndarray
+    reference_maps: np.ndarray | None = None
 
 
 def _check_features(model: Discriminator, features: list[Tensor], n: int) -> None:
@@ -72,6 +75,7 @@ def predict(
     anomaly_maps = np.empty((n, h, w), np.float32)
     class_maps = np.empty((n, h, w), np.uint8)
     argmax = np.empty((n, h, w), np.uint8)
+    reference_maps = np.empty((n, h, w), np.float32) if model.reference is not None else None
     previous_threads = torch.get_num_threads()
     if model.config.num_threads is not None:
         torch.set_num_threads(model.config.num_threads)
@@ -87,6 +91,8 @@ def predict(
                 out = model.head(feats, (h, w))  # grid -> input size in one interpolation
                 anomaly_maps[start:stop] = torch.sigmoid(out.anomaly_logit).numpy()
                 scores = out.class_logits.numpy()
+                if reference_maps is not None and out.reference_logit is not None:
+                    reference_maps[start:stop] = torch.sigmoid(out.reference_logit).numpy()
                 class_maps[start:stop] = decision.pixel_classes(anomaly_maps[start:stop], scores, threshold)
                 argmax[start:stop] = decision.pixel_classes(
                     np.ones_like(anomaly_maps[start:stop]), scores, 0.5
@@ -99,4 +105,5 @@ def predict(
         image_scores=decision.image_scores(anomaly_maps),
         image_classes=decision.image_classes(class_maps, model.num_classes),
         class_argmax=argmax,
+        reference_maps=reference_maps,
     )

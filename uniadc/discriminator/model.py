@@ -50,11 +50,14 @@ class DiscriminatorOutput:
 
     Attributes:
         class_logits: (B, K, H, W) float32 ``s * cos`` per category (K includes "other" in open-set mode).
-        anomaly_logit: (B, H, W) float32; ``sigmoid`` of it is the mean of the K class maps.
+        anomaly_logit: (B, H, W) float32; ``sigmoid`` of it is the mean of the K class maps (or, with a
+            reference, the calibrated map the model decides with).
+        reference_logit: (B, H, W) calibrated reference logit when the model has a reference, else None.
     """
 
     class_logits: Tensor
     anomaly_logit: Tensor
+    reference_logit: Tensor | None = None
 
 
 def anomaly_logit_from_class_logits(class_logits: Tensor) -> Tensor:
@@ -196,15 +199,21 @@ class Discriminator(nn.Module):
         """Trainable part: features -> class logits and anomaly logit, upsampled to ``size`` (H, W)."""
         distances = self.reference_distances(features)
         logits = self.grid_logits(features, distances)
+        reference_logit = None
         if distances is not None:
             reference = self._reference()
-            anomaly_logit = reference.logit(reference.distance_map(distances, size))
+            reference_logit = reference.logit(reference.distance_map(distances, size))
+        if reference_logit is not None and not self._reference().uses_learned:
+            anomaly_logit = reference_logit
         else:
             anomaly = anomaly_logit_from_class_logits(logits)[:, None]
             anomaly_logit = F.interpolate(anomaly, size=size, mode="bilinear", align_corners=False)[:, 0]
+            if distances is not None:  # the learned map was chosen: shift it to its calibrated threshold
+                anomaly_logit = anomaly_logit - self._reference().learned_tau_logit
         return DiscriminatorOutput(
             class_logits=F.interpolate(logits, size=size, mode="bilinear", align_corners=False),
             anomaly_logit=anomaly_logit,
+            reference_logit=reference_logit,
         )
 
     def forward(self, images: Tensor) -> DiscriminatorOutput:

@@ -248,8 +248,19 @@ def _train(
         data.anomaly_is_real if data.anomaly_is_real is not None else np.zeros(len(data.anomalies), bool)
     )
     distances = None
+    choice = None
+    if model.config.reference == "knn" and config.detector != "reference":
+        from uniadc.discriminator.detector_choice import choose_detector
+
+        choice = choose_detector(model, data, config, seed, lambda m, d, c, s: _train(m, d, c, s, None))
     if model.config.reference == "knn":
         distances = fit_reference(model, data, features, masks, config)
+        if choice is not None:
+            model.reference.probe.copy_(
+                torch.tensor([choice.auc_learned, choice.auc_reference, choice.held_out_max])
+            )
+            if choice.use_learned or config.detector == "learned":
+                model.reference.learned_tau_logit.fill_(choice.learned_tau_logit)
     generator = torch.Generator().manual_seed(seed)
     sampler = BatchSampler(data.normals.shape[0], is_real, config.batch_size, generator)
     params = [p for p in model.parameters() if p.requires_grad]

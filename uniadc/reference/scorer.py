@@ -33,6 +33,11 @@ class ReferenceScorer(nn.Module):
         self.register_buffer("scale", torch.tensor(1.0))
         # the ``normal_max`` tau (largest leave-one-out normal score), kept for reports and the kNN baseline
         self.register_buffer("normal_max", torch.tensor(math.nan))
+        # finite: the model's anomaly map is its learned map, shifted so 0.5 is this logit (detector_choice)
+        self.register_buffer("learned_tau_logit", torch.tensor(math.nan))
+        # held-out support tile: pixel AUROC of the learned and the reference map, learned map's max on its
+        # normal views (NaN: no probe)
+        self.register_buffer("probe", torch.tensor([math.nan, math.nan, math.nan]))
 
     @classmethod
     def from_features(
@@ -63,6 +68,10 @@ class ReferenceScorer(nn.Module):
             [getattr(self, f"view_{i}") for i in range(self.num_levels)],
             [getattr(self, f"coords_{i}") for i in range(self.num_levels)],
         )
+
+    @property
+    def uses_learned(self) -> bool:
+        return bool(torch.isfinite(self.learned_tau_logit))
 
     @property
     def calibrated(self) -> bool:
