@@ -195,7 +195,7 @@ def _summary(runs: list[dict], key: str) -> dict:
 
 
 def _fmt(s: dict | None, keys: tuple[str, ...] = (*METRICS, *EXTRA)) -> str:
-    return " | ".join(f"{s[m]:.2f} ± {s[m + '_std']:.2f}" if s else "n/a" for m in keys)
+    return " | ".join(f"{s[m]:.2f} ± {s[m + '_std']:.2f}" if s and m in s else "n/a" for m in keys)
 
 
 def _versions() -> str:
