@@ -298,7 +298,7 @@ def write_results(results: list[dict], args) -> None:
         f"- machine: {os.cpu_count()} CPU cores, no GPU; {args.jobs} runs in parallel, 1 torch thread each",
         "- protocol: seeded support draw (defect images with an empty mask are never drawn as support); test = "
         "every MTD image outside the support set; images and masks resized to 256x256; anomaly threshold "
-        "fitted on training data only (leave-one-out support views and synthetic samples, stored in the "
+        "fitted on training data only (the largest score of the leave-one-out support views, stored in the "
         "checkpoint; 0.5 on the calibrated map); last training iteration kept; no test statistics used.",
         "- map used: which anomaly map the default kept per seed (discriminator.detector: auto), with the pixel "
         "AUROC of the learned / reference map on the support tile held out from a probe model and the learned "
