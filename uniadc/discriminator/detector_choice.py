@@ -78,7 +78,7 @@ def choose_detector(
         seed: training seed of the probe.
         train: the training function (``training._train``), passed in to keep imports one way.
     """
-    from uniadc.discriminator.training import TrainingData
+    from uniadc.discriminator.training import TrainingData, _resize_masks
 
     none = DetectorChoice(False, 0.0, math.nan, math.nan, math.nan, 0)
     ref_images, source, view = data.sources()
@@ -115,7 +115,10 @@ def choose_detector(
     views = dihedral_views(ref_images[held : held + 1])[0]
     images = np.concatenate([views, data.anomalies[val]])
     masks = np.concatenate(
-        [np.zeros(views.shape[:3], bool), _resize(data.anomaly_masks[val], model.image_size) > 0]
+        [
+            np.zeros(views.shape[:3], bool),
+            _resize_masks(data.anomaly_masks[val], model.image_size).numpy() > 0,
+        ]
     )
     learned, reference = _maps(probe, images)
     auc_l, auc_r = pixel_auc(learned, masks), pixel_auc(reference, masks)
@@ -123,10 +126,3 @@ def choose_detector(
     tau = float(np.clip(max(0.5, held_max), 1e-6, 1 - 1e-6))
     use = bool(auc_l > auc_r and held_max < 0.5)
     return DetectorChoice(use, math.log(tau / (1 - tau)), auc_l, auc_r, held_max, len(images))
-
-
-def _resize(masks: np.ndarray, size: int) -> np.ndarray:
-    if masks.shape[-2:] == (size, size):
-        return masks
-    t = torch.from_numpy(np.ascontiguousarray(masks))[:, None].float()
-    return torch.nn.functional.interpolate(t, size=(size, size), mode="nearest-exact")[:, 0].numpy()
