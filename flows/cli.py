@@ -207,25 +207,47 @@ def run(config: ConfigOpt, store: StoreOpt = None, overrides: SetOpt = None) -> 
 @app.command("predict")
 @user_errors
 def predict_cmd(
-    model: Annotated[Path, typer.Option(help="run folder (or a model.safetensors file)")],
-    images: Annotated[Path, typer.Option(help="folder of images to predict")],
-    out: Annotated[Path, typer.Option(help="output folder")],
-    threshold: Annotated[float, typer.Option(help="anomaly threshold on the sigmoid map")] = 0.5,
+    model: Annotated[Path, typer.Option(help="run folder, train-* folder or model.safetensors file")],
+    images: Annotated[list[str], typer.Option(help="image file, folder or glob pattern (repeatable)")],
+    out: Annotated[Path, typer.Option(help="output folder (replaced when it holds an earlier prediction)")],
+    threshold: Annotated[
+        float | None,
+        typer.Option(help="anomaly threshold on the map (default: the checkpoint's calibrated 0.5)"),
+    ] = None,
 ) -> None:
-    """Anomaly maps, class maps and overlay PNGs (colour per class, legend) for a folder of images."""
+    """Anomaly maps, class maps and overlay PNGs (colour per class, legend) for images, folders or globs.
+
+    Every input is decoded first; the outputs are built in a temporary folder and renamed to ``--out``, so a bad
+    input writes nothing and a finished run writes everything.
+    """
     import polars as pl
 
     from storage.checkpoints import load_discriminator
+    from storage.files import atomic_dir
     from storage.images import read_image
     from storage.parquet import write_table_atomic
-    from storage.prediction_io import find_checkpoint, list_images, write_prediction
+    from storage.prediction_io import (
+        PREDICTIONS_FILE,
+        check_output_folder,
+        collect_images,
+        find_checkpoint,
+        output_names,
+        write_prediction,
+    )
     from uniadc.discriminator import predict, restore_discriminator
     from uniadc.visualize import heatmap, overlay, with_legend
 
+    threshold = 0.5 if threshold is None else threshold
     if not 0.0 < threshold < 1.0:
         raise ConfigError(f"--threshold: must be in (0, 1), got {threshold}")
     path = find_checkpoint(model)
-    files = list_images(images)
+    files = collect_images(images)
+    check_output_folder(out)
+    with progress() as bar:
+        job = bar.add_task(f"checking {len(files)} images", total=len(files))
+        for f in files:
+            read_image(f)
+            bar.advance(job)
     ckpt = load_discriminator(path)
     net = restore_discriminator(
         ckpt.state, ckpt.config, ckpt.category_texts, ckpt.image_size, ckpt.seed, ckpt.backbone_sha256
@@ -234,28 +256,30 @@ def predict_cmd(
     if ckpt.config.open_set:
         names.append("other")
     rows = []
-    with progress() as bar:
+    with progress() as bar, atomic_dir(out, replace=True) as tmp:
         job = bar.add_task(f"predicting {len(files)} images", total=len(files))
-        for f in files:
+        for f, name in zip(files, output_names(files), strict=True):
             image = read_image(f)
             pred = predict(net, image[None], threshold, batch_size=1)
             cls = int(pred.image_classes[0])
             view = with_legend(overlay(image, pred.class_maps[0]), names, title=f"predicted: {names[cls]}")
             write_prediction(
-                out, f.stem, pred.anomaly_maps[0], pred.class_maps[0], heatmap(pred.anomaly_maps[0]), view
+                tmp, name, pred.anomaly_maps[0], pred.class_maps[0], heatmap(pred.anomaly_maps[0]), view
             )
             rows.append(
                 {
                     "image": f.name,
+                    "path": str(f),
+                    "output": name,
                     "image_score": float(pred.image_scores[0]),
                     "class_index": cls,
                     "class_name": names[cls],
                 }
             )
             bar.advance(job)
-    write_table_atomic(pl.DataFrame(rows).to_arrow(), out / "predictions.parquet")
+        write_table_atomic(pl.DataFrame(rows).to_arrow(), tmp / PREDICTIONS_FILE)
     for r in rows:
-        console.print(f"{r['image']}: score {r['image_score']:.3f} -> {r['class_name']}", highlight=False)
+        console.print(f"{r['path']}: score {r['image_score']:.3f} -> {r['class_name']}", highlight=False)
     console.print(f"wrote {len(rows)} predictions to {out} (checkpoint {path})", highlight=False)
 
 

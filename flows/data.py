@@ -6,7 +6,7 @@ from prefect import flow
 
 from schemas.config import RunConfig
 from schemas.manifests import Manifest
-from tasks.common import stage_options
+from tasks.common import run_folder_lock, stage_options
 from tasks.split import split_dataset, split_key
 
 
@@ -19,9 +19,10 @@ def run_split(config: RunConfig) -> Manifest:
 
 @flow(name="split", log_prints=True)
 def split_flow(config: RunConfig) -> Manifest:
-    manifest = run_split(config)
-    print(
-        f"split: {manifest.counts['support']} support, {manifest.counts['test']} test images "
-        f"-> {manifest.run_dir}/{manifest.uris['split']}"
-    )
-    return manifest
+    with run_folder_lock(config):
+        manifest = run_split(config)
+        print(
+            f"split: {manifest.counts['support']} support, {manifest.counts['test']} test images "
+            f"-> {manifest.run_dir}/{manifest.uris['split']}"
+        )
+        return manifest

@@ -13,7 +13,7 @@ from flows.regenerate import run_regenerate, run_support
 from schemas.config import RunConfig
 from schemas.manifests import Manifest
 from storage.priors import load_run_priors
-from tasks.common import stage_options
+from tasks.common import run_folder_lock, stage_options
 from tasks.evaluate import evaluate_key, evaluate_model
 from tasks.report import write_report
 from tasks.train import train_key, train_model
@@ -47,31 +47,34 @@ def run_evaluate(config: RunConfig, split: Manifest, model: Manifest) -> Manifes
 @flow(name="train", log_prints=True)
 def train_flow(config: RunConfig) -> Manifest:
     """Train on the regenerate outputs (recomputed only when missing or stale)."""
-    support = run_support(config, run_split(config))
-    return run_train(config, support, run_regenerate(config, support))
+    with run_folder_lock(config):
+        support = run_support(config, run_split(config))
+        return run_train(config, support, run_regenerate(config, support))
 
 
 @flow(name="evaluate", log_prints=True)
 def evaluate_flow(config: RunConfig) -> Manifest:
-    split = run_split(config)
-    support = run_support(config, split)
-    return run_evaluate(config, split, run_train(config, support, run_regenerate(config, support)))
+    with run_folder_lock(config):
+        split = run_split(config)
+        support = run_support(config, split)
+        return run_evaluate(config, split, run_train(config, support, run_regenerate(config, support)))
 
 
 @flow(name="pipeline", log_prints=True)
 def pipeline_flow(config: RunConfig) -> dict[str, Manifest]:
     """regenerate -> train -> evaluate -> report.html; returns the manifests of every stage."""
-    split = run_split(config)
-    support = run_support(config, split)
-    samples = run_regenerate(config, support)
-    model = run_train(config, support, samples)
-    evaluation = run_evaluate(config, split, model)
-    report = write_report(config, load_run_priors(config), split, support, samples, model, evaluation)
-    print(f"report: {report}")
-    return {
-        "split": split,
-        "support": support,
-        "model": model,
-        "evaluate": evaluation,
-        **{f"samples/{m.key}": m for m in samples},
-    }
+    with run_folder_lock(config):
+        split = run_split(config)
+        support = run_support(config, split)
+        samples = run_regenerate(config, support)
+        model = run_train(config, support, samples)
+        evaluation = run_evaluate(config, split, model)
+        report = write_report(config, load_run_priors(config), split, support, samples, model, evaluation)
+        print(f"report: {report}")
+        return {
+            "split": split,
+            "support": support,
+            "model": model,
+            "evaluate": evaluation,
+            **{f"samples/{m.key}": m for m in samples},
+        }

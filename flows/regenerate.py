@@ -11,7 +11,7 @@ from schemas.config import RunConfig
 from schemas.manifests import Manifest
 from storage.layout import RunLayout
 from storage.priors import load_run_priors
-from tasks.common import stage_options
+from tasks.common import run_folder_lock, stage_options
 from tasks.contact_sheet import write_contact_sheet
 from tasks.regenerate import category_key, regenerate_category
 from tasks.support import prepare_support, support_key
@@ -57,15 +57,16 @@ def run_regenerate(config: RunConfig, support: Manifest) -> list[Manifest]:
 @flow(name="regenerate", log_prints=True)
 def regenerate_flow(config: RunConfig) -> list[Manifest]:
     """Synthesise and select the training defects of every category; writes a contact sheet PNG."""
-    split = run_split(config)
-    support = run_support(config, split)
-    manifests = run_regenerate(config, support)
-    sheet = RunLayout.for_config(config.store, config.name).root / "contact_sheet.png"
-    write_contact_sheet(manifests, str(sheet))
-    for m in manifests:
-        print(
-            f"{m.key}: {m.counts['samples']} samples (mean score {m.counts['mean_score_milli'] / 1000:.3f}) "
-            f"-> {m.run_dir}/{m.uris['zarr']}"
-        )
-    print(f"contact sheet: {sheet}")
-    return manifests
+    with run_folder_lock(config):
+        split = run_split(config)
+        support = run_support(config, split)
+        manifests = run_regenerate(config, support)
+        sheet = RunLayout.for_config(config.store, config.name).root / "contact_sheet.png"
+        write_contact_sheet(manifests, str(sheet))
+        for m in manifests:
+            print(
+                f"{m.key}: {m.counts['samples']} samples (mean score {m.counts['mean_score_milli'] / 1000:.3f}) "
+                f"-> {m.run_dir}/{m.uris['zarr']}"
+            )
+        print(f"contact sheet: {sheet}")
+        return manifests

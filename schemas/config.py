@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from schemas.priors import format_validation_error
+from schemas.priors import check_safe_name, format_validation_error
 
 
 class _Frozen(BaseModel):
@@ -37,6 +37,11 @@ class DatasetSource(_Frozen):
     root: str
     image_class: str | None = None
     priors: str | None = None
+
+    @field_validator("image_class")
+    @classmethod
+    def _safe_class(cls, value: str | None) -> str | None:
+        return None if value is None else check_safe_name(value)
 
 
 class ProceduralOptions(_Frozen):
@@ -178,13 +183,18 @@ class RunConfig(_Frozen):
     setting: Literal["zero_shot", "few_shot", "full_shot"] = "zero_shot"
     k_normal: int = Field(default=2, ge=1)
     k_anomaly: int = Field(default=0, ge=0)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, lt=2**63)
     image_size: int = Field(default=256, ge=32, le=2048)
     synthesis: SynthesisConfig = SynthesisConfig()
     selection: SelectionConfig = SelectionConfig()
     discriminator: DiscriminatorConfig = DiscriminatorConfig()
     threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
     store: str = "runs"
+
+    @field_validator("name")
+    @classmethod
+    def _safe_run_name(cls, value: str) -> str:
+        return check_safe_name(value)
 
     @model_validator(mode="after")
     def _check_setting(self) -> RunConfig:

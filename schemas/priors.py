@@ -9,6 +9,7 @@ cannot read free text.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -22,6 +23,23 @@ MaskSize = Literal["large", "medium", "small"]
 MASK_SHAPES: tuple[str, ...] = get_args(MaskShape)
 MASK_SIZES: tuple[str, ...] = get_args(MaskSize)
 LOCAL_SHAPES: tuple[str, ...] = tuple(s for s in MASK_SHAPES if s != "foreground")
+
+#: Names that become folder or file names (categories, image classes, run names): letters, digits, ``_ . + -``,
+#: starting with a letter or digit, at most 64 characters, no ``..``.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
+#: Category names that already mean something: the normal label of the MVTec layout and of predictions, and the
+#: open-set class.
+RESERVED_CATEGORY_NAMES = frozenset({"good", "normal", "other"})
+
+
+def check_safe_name(value: str) -> str:
+    """``value`` if it can be used as one path component; ValueError saying why otherwise."""
+    if not isinstance(value, str) or not SAFE_NAME.fullmatch(value) or ".." in value:
+        raise ValueError(
+            "must be a plain name (letters, digits, '_', '.', '+', '-'; starting with a letter or digit; "
+            "at most 64 characters; no '..' or '/')"
+        )
+    return value
 
 
 class _Frozen(BaseModel):
@@ -55,6 +73,16 @@ class AnomalyPrior(_Frozen):
     negative_prompt: str | None = None
     ignore_foreground: bool = False
     appearance: Appearance | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        check_safe_name(value)
+        if value.lower() in RESERVED_CATEGORY_NAMES:
+            raise ValueError(
+                f"is reserved ({', '.join(sorted(RESERVED_CATEGORY_NAMES))} already mean something)"
+            )
+        return value
 
     @field_validator("descriptions")
     @classmethod
@@ -98,6 +126,11 @@ class PriorsFile(_Frozen):
     dataset: str = Field(min_length=1)
     image_class: str = Field(min_length=1)
     categories: tuple[AnomalyPrior, ...] = Field(min_length=1)
+
+    @field_validator("dataset", "image_class")
+    @classmethod
+    def _safe_names(cls, value: str) -> str:
+        return check_safe_name(value)
 
     @field_validator("categories")
     @classmethod

@@ -13,9 +13,11 @@ from typing import Any
 
 import numpy as np
 import zarr
+import zarr.errors
 from zarr.codecs import BloscCodec
 
 from storage.errors import StoreError
+from storage.files import atomic_dir
 
 _COMPRESSOR = BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
 
@@ -28,19 +30,35 @@ def create_group(
 ) -> zarr.Group:
     """Create (or open, when it exists with the same layout) a group of preallocated arrays.
 
+    The group and all its arrays are made in a temporary sibling folder and renamed into place, so a group at
+    ``path`` always has every array: a run killed while creating it leaves only a ``*.partial`` folder, and a
+    second writer that loses the rename opens the winner's group. A group missing arrays (from an older version
+    or a hand edit) holds no committed sample and is recreated.
+
     Args:
         path: group folder (``*.zarr``).
         arrays: name -> (shape, dtype); the first axis is the sample axis, chunked by 1.
         attrs: group attributes (resolved config JSON, versions, git SHA).
-        overwrite: start from nothing even if the group exists.
+        overwrite: start from nothing even if the group exists (the old one is swapped out atomically).
     """
     path = Path(path)
     if path.exists() and not overwrite:
-        group = zarr.open_group(str(path), mode="r+")
-        for name, (shape, dtype) in arrays.items():
-            if name not in group or group[name].shape != tuple(shape) or str(group[name].dtype) != dtype:
-                raise StoreError(f"{path}/{name}: exists with another layout; remove it or use a new store")
+        group = _open_matching(path, arrays)
+        if group is not None:
+            return group
+        overwrite = True
+    try:
+        with atomic_dir(path, replace=overwrite) as tmp:
+            _build(tmp, arrays, attrs)
+    except FileExistsError:
+        group = _open_matching(path, arrays)
+        if group is None:
+            raise StoreError(f"{path}: another writer created it with missing arrays") from None
         return group
+    return zarr.open_group(str(path), mode="r+")
+
+
+def _build(path: Path, arrays: dict[str, tuple[tuple[int, ...], str]], attrs: dict[str, Any]) -> None:
     group = zarr.open_group(str(path), mode="w", zarr_format=3)
     group.attrs.update(attrs)
     for name, (shape, dtype) in arrays.items():
@@ -52,6 +70,21 @@ def create_group(
             compressors=_COMPRESSOR,
             fill_value=0,
         )
+
+
+def _open_matching(path: Path, arrays: dict[str, tuple[tuple[int, ...], str]]) -> zarr.Group | None:
+    """The group at ``path`` if it has every array with the expected layout; None if it lacks some (or its
+    metadata); StoreError if an array exists with another shape or dtype."""
+    try:
+        group = zarr.open_group(str(path), mode="r+")
+    except (FileNotFoundError, ValueError, KeyError, zarr.errors.GroupNotFoundError):
+        return None
+    present = set(group.array_keys())
+    if not set(arrays) <= present:
+        return None
+    for name, (shape, dtype) in arrays.items():
+        if group[name].shape != tuple(shape) or str(group[name].dtype) != dtype:
+            raise StoreError(f"{path}/{name}: exists with another layout; remove it or use a new store")
     return group
 
 

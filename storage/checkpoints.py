@@ -12,7 +12,7 @@ string metadata:
 - ``backbone_sha256``: fingerprint of the backbone the head was trained on (checked when restoring)
 - ``versions``: JSON {package: version} of what affects the numbers (python, torch, numpy, ...)
 
-Writes are atomic (``<name>.partial`` then rename). Rebuild with
+Writes are atomic (a unique temporary sibling, then rename: ``storage.files.atomic_file``). Rebuild with
 ``uniadc.discriminator.restore_discriminator(ckpt.state, ckpt.config, ckpt.category_texts, ckpt.image_size,
 ckpt.seed, ckpt.backbone_sha256)``.
 """
@@ -29,6 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from schemas.config import DiscriminatorConfig
+from storage.files import atomic_file
 from storage.layout import package_versions
 
 FORMAT = "uniadc.discriminator/1"
@@ -94,13 +95,8 @@ def save_discriminator(
         "versions": json.dumps(package_versions(), sort_keys=True),
     }
     state = {k: v.detach().cpu().contiguous() for k, v in model.head_state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    try:
-        save_file(state, str(partial), metadata=meta)
-        partial.replace(path)
-    finally:
-        partial.unlink(missing_ok=True)
+    with atomic_file(path) as tmp:
+        save_file(state, str(tmp), metadata=meta)
     return path
 
 

@@ -17,12 +17,11 @@ Layout written under ``root``::
     <class>/ground_truth/<defect>/000_mask.png   (uint8 0/255)
     <class>/priors.yaml                          (validated by schemas.priors.load_priors)
 
-The build goes into ``<root>.partial`` and is renamed to ``root`` only when complete.
+The build goes into a temporary sibling of ``root`` and is renamed to ``root`` only when complete.
 """
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from skimage import data as skdata
 from skimage.transform import resize
 
 from schemas.priors import AnomalyPrior, Appearance, PriorsFile
+from storage.files import atomic_dir, remove_stale_partials
 
 DEMO_CLASSES: tuple[str, ...] = ("brick", "grass", "gravel")
 DEMO_DEFECTS: tuple[str, ...] = ("scratch", "stain", "hole")
@@ -100,7 +100,7 @@ def build_demo_dataset(
     byte-identical for a seed and a class's images do not depend on which other classes are built.
 
     Args:
-        root: destination folder; built in ``<root>.partial`` (a stale one is removed) and renamed at the end.
+        root: destination folder; built in a temporary sibling (``storage.files.atomic_dir``) and renamed at the end.
         image_size: side of the square RGB images, in [64, 512].
         n_train: normal training images per class (>= 1).
         n_test_good: normal test images per class (>= 1).
@@ -130,19 +130,16 @@ def build_demo_dataset(
     if root.exists():
         raise FileExistsError(f"root {str(root)!r} already exists; remove it or choose another folder")
 
-    partial = root.with_name(root.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)
+    remove_stale_partials(root)  # what a killed earlier build left
     summary: dict = {"root": str(root), "image_size": image_size, "seed": seed, "classes": {}}
     try:
-        for cls in classes:
-            summary["classes"][cls] = _build_class(
-                partial / cls, cls, image_size, n_train, n_test_good, n_test_per_defect, seed
-            )
-        partial.rename(root)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
+        with atomic_dir(root) as partial:
+            for cls in classes:
+                summary["classes"][cls] = _build_class(
+                    partial / cls, cls, image_size, n_train, n_test_good, n_test_per_defect, seed
+                )
+    except FileExistsError:
+        raise FileExistsError(f"root {str(root)!r} was built by another process meanwhile") from None
     counts = summary["classes"].values()
     summary["n_images"] = sum(sum(c.values()) for c in counts)
     summary["n_masks"] = sum(c[f"test/{d}"] for c in counts for d in DEMO_DEFECTS)

@@ -1,17 +1,153 @@
-"""Small text files written atomically."""
+"""Atomic writes and confined paths: every file and folder under a store is written through here.
+
+A file or folder is built under a temporary sibling named ``<name>.<pid>.<random>.partial`` and moved into place
+with ``os.replace`` / ``os.rename`` only when complete, so a reader never sees a half-written file under its final
+name, and two writers of the same file never share a temporary (each one's rename is atomic; the last one wins
+and both wrote the same bytes). ``*.partial`` names are never read; ``uniadc store gc`` removes stale ones.
+"""
 
 from __future__ import annotations
 
+import errno
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from storage.errors import StoreError
+
+PARTIAL_SUFFIX = ".partial"
+
+
+def temp_sibling(path: str | Path) -> Path:
+    """A fresh temporary name next to ``path``, unique per process and call."""
+    path = Path(path)
+    return path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}{PARTIAL_SUFFIX}")
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path to write ``path``'s content to; on success it is fsynced and moved into place.
+
+    On any exception the temporary is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_sibling(path)
+    try:
+        yield tmp
+        _fsync(tmp)
+        os.replace(tmp, path)
+    finally:
+        _remove(tmp)
+
+
+@contextmanager
+def atomic_dir(path: str | Path, replace: bool = False) -> Iterator[Path]:
+    """Yield a fresh temporary folder; on success it is renamed to ``path``.
+
+    If ``path`` already exists: with ``replace`` the old folder is swapped out and deleted (readers holding files
+    of it keep them); otherwise the new folder is discarded and ``FileExistsError`` is raised (another writer got
+    there first; the caller opens what it made).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_sibling(path)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if replace and path.exists():
+            old = temp_sibling(path)
+            os.rename(path, old)
+            os.rename(tmp, path)
+            _remove(old)
+        else:
+            try:
+                os.rename(tmp, path)
+            except OSError as exc:
+                if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise FileExistsError(errno.EEXIST, "exists", str(path)) from None
+                raise
+    finally:
+        _remove(tmp)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_stale_partial(path: str | Path) -> bool:
+    """True for a ``*.partial`` temporary whose writer is gone: its pid is not running (or, for the old fixed
+    ``<name>.partial`` names, always). A live writer's temporary is never stale."""
+    name = Path(path).name
+    if not name.endswith(PARTIAL_SUFFIX):
+        return False
+    fields = name[: -len(PARTIAL_SUFFIX)].rsplit(".", 2)
+    if len(fields) == 3 and fields[1].isdigit() and len(fields[2]) == 8:
+        return not _pid_alive(int(fields[1]))
+    return True
+
+
+def remove_stale_partials(path: str | Path) -> list[Path]:
+    """Remove the stale temporaries of ``path`` (its ``<name>.*partial`` siblings); returns what was removed."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    gone = [p for p in path.parent.glob(f"{path.name}.*partial") if is_stale_partial(p)]
+    for p in gone:
+        _remove(p)
+    return gone
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    try:
+    with atomic_file(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    path = Path(path)
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)
+    return path
+
+
+def safe_join(root: str | Path, *parts: str) -> Path:
+    """``root / parts...``, refusing any part that is absolute, holds ``..`` or otherwise leaves ``root``.
+
+    Raises:
+        StoreError: naming the offending part and the root.
+    """
+    base = Path(root).resolve()
+    out = base
+    for part in parts:
+        text = str(part)
+        p = Path(text)
+        if not text or p.is_absolute() or ".." in p.parts or "\x00" in text:
+            raise StoreError(f"{text!r}: not a relative path inside {base}")
+        out = out / p
+    resolved = out.resolve()
+    if resolved != base and base not in resolved.parents:
+        raise StoreError(f"{'/'.join(map(str, parts))!r}: resolves outside {base} (to {resolved})")
+    return out

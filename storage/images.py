@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from storage.errors import DataError
+from storage.files import atomic_file
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -88,9 +89,6 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
 
 def write_png(path: str | Path, array: np.ndarray) -> None:
     """Write a uint8 (H, W) or (H, W, 3) array (or bool mask as 0/255) as PNG, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arr = array.astype(np.uint8) * 255 if array.dtype == bool else array
-    tmp = path.with_name(path.name + ".partial")
-    Image.fromarray(arr).save(tmp, format="PNG")
-    tmp.replace(path)
+    with atomic_file(path) as tmp:
+        Image.fromarray(arr).save(tmp, format="PNG")

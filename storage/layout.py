@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from storage.files import safe_join
+
 #: Packages whose versions can change a run's numbers; recorded in every store and checkpoint.
 TRACKED_PACKAGES = (
     "uniadc",
@@ -58,12 +60,14 @@ class RunLayout:
 
     @classmethod
     def for_config(cls, store: str | Path, name: str) -> RunLayout:
-        return cls(Path(store).resolve() / name)
+        return cls(safe_join(store, name))
 
     def stage_dir(self, stage: str, key: str, unit: str = "") -> Path:
         """``<root>/<stage>-<key12>`` or ``<root>/<stage>/<unit>-<key12>`` for per-category stages."""
         short = key[:12]
-        return self.root / stage / f"{unit}-{short}" if unit else self.root / f"{stage}-{short}"
+        if unit:
+            return safe_join(self.root, stage, f"{unit}-{short}")
+        return safe_join(self.root, f"{stage}-{short}")
 
 
 def package_versions() -> dict[str, str]:

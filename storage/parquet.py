@@ -1,12 +1,12 @@
 """Parquet tables as folders of part files, one part per batch, each written atomically.
 
-A part is written to ``<name>.partial`` and renamed into place, so a reader globbing ``*.parquet`` never sees a
-half-written part. Parts are validated against the declared pyarrow schema on write.
+A part is written to a temporary sibling unique to its writer (``storage.files.atomic_file``) and renamed into
+place, so a reader globbing ``*.parquet`` never sees a half-written part, and two writers of one part never
+clash. Parts are validated against the declared pyarrow schema on write.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import polars as pl
@@ -14,10 +14,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage.errors import StoreError
+from storage.files import atomic_file
 
 
 def write_table_atomic(table: pa.Table, path: str | Path, schema: pa.Schema | None = None) -> Path:
-    """Write one Parquet file atomically (tmp + fsync + rename)."""
+    """Write one Parquet file atomically (unique temporary + fsync + rename)."""
     path = Path(path)
     if schema is not None:
         if not table.schema.equals(schema, check_metadata=False):
@@ -25,15 +26,8 @@ def write_table_atomic(table: pa.Table, path: str | Path, schema: pa.Schema | No
                 table = table.cast(schema)
             except (pa.ArrowInvalid, ValueError) as exc:
                 raise StoreError(f"{path}: rows do not match the table schema: {exc}") from exc
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    try:
+    with atomic_file(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

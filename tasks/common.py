@@ -9,6 +9,10 @@ from typing import Any
 from prefect.cache_policies import CacheKeyFnPolicy
 from prefect.filesystems import LocalFileSystem
 
+from schemas.config import RunConfig
+from storage.layout import RunLayout
+from storage.locks import run_lock
+
 
 def cache_key(stage: str, version: str, *parts: str) -> str:
     """sha256 of the stage name, its version constant and the given canonical strings."""
@@ -17,6 +21,11 @@ def cache_key(stage: str, version: str, *parts: str) -> str:
         h.update(b"\x00")
         h.update(part.encode())
     return h.hexdigest()
+
+
+def run_folder_lock(config: RunConfig):
+    """The lock every flow holds on its run folder (``storage.locks``): a second run of it waits."""
+    return run_lock(RunLayout.for_config(config.store, config.name).root)
 
 
 def stage_options(store_root: str | Path) -> dict[str, Any]:

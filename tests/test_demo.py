@@ -124,8 +124,9 @@ def test_existing_root_is_refused(tmp_path: Path) -> None:
 
 def test_interrupted_build_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = tmp_path / "demo"
-    root.with_name("demo.partial").mkdir()  # stale leftover of an earlier crash
-    (root.with_name("demo.partial") / "junk.png").write_bytes(b"x")
+    for stale in ("demo.partial", "demo.999999999.0badf00d.partial"):  # leftovers of killed builds
+        root.with_name(stale).mkdir()
+        (root.with_name(stale) / "junk.png").write_bytes(b"x")
 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("disk full")

@@ -89,7 +89,7 @@ def test_predict_two_images(pipeline_run, tmp_path, demo_root):
     for i, src in enumerate(sorted((demo_root / "grass" / "test" / "hole").glob("*.png"))[:2]):
         Image.open(src).save(images / f"img{i}.png")
     out = tmp_path / "out"
-    predict_cmd(model=Path(cfg.store) / cfg.name, images=images, out=out, threshold=0.5)
+    predict_cmd(model=Path(cfg.store) / cfg.name, images=[str(images)], out=out, threshold=0.5)
     rows = pl.read_parquet(out / "predictions.parquet")
     assert rows.height == 2 and set(rows["image"]) == {"img0.png", "img1.png"}
     assert set(rows["class_name"]) <= {"normal", "scratch", "stain", "hole"}  # category names, not prompts
@@ -98,3 +98,50 @@ def test_predict_two_images(pipeline_run, tmp_path, demo_root):
         overlay = np.asarray(Image.open(out / f"{stem}_overlay.png"))
         assert overlay.shape[0] > 64 and overlay.shape[1] == 64  # legend strip below the image
         assert np.asarray(Image.open(out / f"{stem}_classes.png")).max() <= 3
+
+
+def test_predict_same_stem_files_glob_and_bad_image(pipeline_run, tmp_path, demo_root):
+    """x.png and x.jpg get separate outputs; files, folders and globs mix; a corrupt input writes nothing."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    cfg, _ = pipeline_run
+    src = sorted((demo_root / "grass" / "test").glob("*/*.png"))
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    Image.open(src[0]).save(a / "x.png")
+    Image.open(src[1]).convert("RGB").save(a / "x.jpg")
+    Image.open(src[2]).save(b / "x.png")  # same file name in another folder
+    train_dir = next((Path(cfg.store) / cfg.name).glob("train-*"))
+    out = tmp_path / "out"
+    runner = CliRunner()
+    args = ["predict", "--model", str(train_dir), "--out", str(out)]
+    result = runner.invoke(app, [*args, "--images", str(a), "--images", str(tmp_path / "b" / "*.png")])
+    assert result.exit_code == 0, result.output
+    rows = pl.read_parquet(out / "predictions.parquet")
+    assert rows.height == 3 and rows["output"].n_unique() == 3
+    assert sorted(rows["output"]) == ["x_jpg", "x_png", "x_png-2"]
+    assert len(list(out.glob("*_anomaly.npy"))) == 3
+
+    (a / "y.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    fresh = tmp_path / "fresh"
+    result = runner.invoke(
+        app, ["predict", "--model", str(train_dir), "--out", str(fresh), "--images", str(a)]
+    )
+    assert result.exit_code == 2 and "y.png" in result.output and "Traceback" not in result.output
+    assert not fresh.exists() and not list(tmp_path.glob("fresh*"))
+    # an earlier output is replaced whole, not mixed with the new one
+    result = runner.invoke(app, [*args, "--images", str(src[3])])
+    assert result.exit_code == 0, result.output
+    assert pl.read_parquet(out / "predictions.parquet").height == 1 and len(list(out.glob("*.npy"))) == 1
+    # a folder that is not a predict output is never replaced
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    result = runner.invoke(
+        app, ["predict", "--model", str(train_dir), "--out", str(other), "--images", str(b)]
+    )
+    assert result.exit_code == 2 and "not a uniadc predict output" in result.output
+    assert (other / "keep.txt").read_text() == "mine"
