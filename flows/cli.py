@@ -42,21 +42,52 @@ console = Console()
 err = Console(stderr=True)
 
 USER_ERRORS = (ConfigError, PriorsError, DataError, StoreError, WeightsError, CheckpointError)
+_DEBUG = {"on": os.environ.get("UNIADC_DEBUG", "") not in ("", "0")}
+
+
+@app.callback()
+def _options(
+    debug: Annotated[bool, typer.Option("--debug", help="show the traceback of an unexpected error")] = False,
+) -> None:
+    """uniadc: unified anomaly detection and classification pipeline."""
+    _DEBUG["on"] = _DEBUG["on"] or debug
+    if not _DEBUG["on"]:
+        from tasks.common import quiet_task_tracebacks
+
+        quiet_task_tracebacks()
+
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="run config YAML")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override: dotted.key=value (repeatable)")]
 
 
+def os_error_line(exc: OSError) -> str:
+    """``<path>: <reason>`` for an operating-system error (disk full, permission, missing file)."""
+    reason = exc.strerror or str(exc)
+    paths = [p for p in (exc.filename, exc.filename2) if p]
+    return f"{' -> '.join(map(str, paths))}: {reason}" if paths else reason
+
+
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn bad-input exceptions into one line on stderr and exit code 2."""
+    """Bad input: one line on stderr and exit code 2. Operating-system errors at run time (disk full, no
+    permission): one line naming the path and exit code 1. ``--debug`` shows the traceback instead."""
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except USER_ERRORS as exc:
+            if _DEBUG["on"]:
+                raise
             err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
+        except OSError as exc:
+            if _DEBUG["on"]:
+                raise
+            err.print(
+                f"[bold red]error:[/] {os_error_line(exc)}", markup=True, highlight=False, soft_wrap=True
+            )
+            raise typer.Exit(1) from None
 
     return wrapper
 
@@ -80,11 +111,17 @@ def load_config(config: Path, overrides: list[str] | None, store: Path | None = 
 
 
 def preflight(config: RunConfig) -> None:
-    """Everything that can be checked before work starts: priors, dataset layout, every image and mask."""
+    """Everything decidable before work starts: dataset folder, priors, weights (paths, configs and weight-file
+    headers), the store is writable, pool sizes against ``k_normal``/``k_anomaly``, and every image and mask."""
     from storage.datasets import scan_dataset
+    from storage.files import check_writable
+    from storage.layout import RunLayout
     from storage.priors import load_run_priors
+    from storage.split import draw_split
     from storage.validate import check_records
 
+    if not Path(config.dataset.root).is_dir():
+        raise DataError(f"dataset.root: {config.dataset.root}: no such folder")
     priors = load_run_priors(config)
     backend = config.synthesis.resolved_backend(config.setting)
     if backend in ("sd-inpaint", "brushnet"):
@@ -95,7 +132,12 @@ def preflight(config: RunConfig) -> None:
         from uniadc.selection_clip import check_weights as check_clip
 
         check_clip(config.selection)
+    from uniadc.discriminator.clip import check_clip_weights
+
+    check_clip_weights(config.discriminator)
+    check_writable(RunLayout.for_config(config.store, config.name).root)
     records = scan_dataset(config.dataset.kind, config.dataset.root, config.dataset.image_class, priors.names)
+    draw_split(records, config)
     with progress() as bar:
         job = bar.add_task(f"checking {len(records)} images", total=len(records))
         check_records(records, advance=lambda: bar.advance(job))

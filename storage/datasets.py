@@ -157,4 +157,10 @@ def scan_dataset(
         records = scan_mtd(root, categories)
     else:
         raise DataError(f"dataset.kind: unknown layout {kind!r} (known: mvtec, mtd, demo)")
-    return sorted(records, key=lambda r: r.image_id)
+    records = sorted(records, key=lambda r: r.image_id)
+    for a, b in zip(records, records[1:], strict=False):
+        if a.image_id == b.image_id:
+            raise DataError(
+                f"{b.path}: same image id {b.image_id!r} as {a.path} (two files differ only by extension)"
+            )
+    return records

@@ -151,3 +151,20 @@ def safe_join(root: str | Path, *parts: str) -> Path:
     if resolved != base and base not in resolved.parents:
         raise StoreError(f"{'/'.join(map(str, parts))!r}: resolves outside {base} (to {resolved})")
     return out
+
+
+def check_writable(folder: str | Path, what: str = "store") -> Path:
+    """Prove a file can be written and renamed in ``folder`` (or, when it does not exist yet, in its nearest
+    existing parent folder) without creating anything that stays; StoreError naming the folder otherwise."""
+    folder = Path(folder).resolve()
+    probe_dir = folder
+    while not probe_dir.exists() and probe_dir != probe_dir.parent:
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        raise StoreError(f"{what} {folder}: {probe_dir} is not a folder")
+    try:
+        probe = write_text_atomic(probe_dir / f".uniadc-write-probe.{os.getpid()}", "ok\n")
+        probe.unlink()
+    except OSError as exc:
+        raise StoreError(f"{what} {folder}: not writable ({exc.strerror or exc} in {probe_dir})") from None
+    return folder

@@ -47,14 +47,16 @@ def draw_split(records: Sequence[ImageRecord], config: RunConfig) -> dict[str, s
     """Map image_id -> "support" | "test"."""
     records = sorted(records, key=lambda r: r.image_id)
     normal_pool = [r for r in records if r.label_index == 0 and r.pool in ("train", "any")]
+    need = 1 if config.setting == "full_shot" else config.k_normal
+    if len(normal_pool) < need:
+        where = "MT_Free/Imgs" if config.dataset.kind == "mtd" else f"{config.dataset.image_class}/train/good"
+        raise DataError(
+            f"k_normal: {need} normal support images asked for, the pool "
+            f"({Path(config.dataset.root) / where}) has {len(normal_pool)}"
+        )
     if config.setting == "full_shot":
         support = [r.image_id for r in normal_pool]
     else:
-        if len(normal_pool) < config.k_normal:
-            raise DataError(
-                f"k_normal: {config.k_normal} normal support images asked for, the pool has "
-                f"{len(normal_pool)}"
-            )
         picks = _rng(config.seed, "normal").choice(len(normal_pool), size=config.k_normal, replace=False)
         support = [normal_pool[i].image_id for i in sorted(picks)]
     if config.k_anomaly:

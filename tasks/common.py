@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,28 @@ def stage_options(store_root: str | Path) -> dict[str, Any]:
     storage.save(name, overwrite=True)
     policy = CacheKeyFnPolicy(cache_key_fn=key_from_params).configure(key_storage=str(root / ".cache"))
     return {"cache_policy": policy, "result_storage": storage}
+
+
+class _NoTraceback(logging.Filter):
+    """Console records without tracebacks: the exception's one-line summary stays, the stack goes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info or record.exc_text:
+            record.exc_info, record.exc_text = None, None
+        message = record.getMessage()
+        cut = message.find("Traceback (most recent call last)")
+        if cut >= 0:
+            record.msg, record.args = message[:cut].rstrip(), ()
+        return True
+
+
+def quiet_task_tracebacks() -> None:
+    """Keep tracebacks of failed tasks out of the console (the Prefect UI and API logs keep them)."""
+    import prefect.logging  # noqa: F401  (configures Prefect's console handler on the root logger)
+
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _NoTraceback) for f in handler.filters):
+            handler.addFilter(_NoTraceback())
 
 
 def file_sha256(path: str | Path) -> str:

@@ -58,16 +58,16 @@ def _config(tmp_path, root, store):
 
 def test_truncated_jpeg(tmp_path):
     root = make_mvtec(tmp_path / "ds")
-    bad = root / "widget" / "test" / "good" / "001.jpg"
+    bad = root / "widget" / "test" / "good" / "901.jpg"
     Image.fromarray(np.full((32, 32, 3), 9, np.uint8)).save(bad)
     bad.write_bytes(bad.read_bytes()[:150])
     _assert_user_error(
         _run("data", "inspect", "--kind", "mvtec", "--root", str(root), "--image-class", "widget"),
-        "001.jpg",
+        "901.jpg",
         "cannot decode",
     )
     store = tmp_path / "store"
-    _assert_user_error(_run("data", "split", "--config", str(_config(tmp_path, root, store))), "001.jpg")
+    _assert_user_error(_run("data", "split", "--config", str(_config(tmp_path, root, store))), "901.jpg")
     assert not store.exists()
 
 

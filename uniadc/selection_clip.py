@@ -33,7 +33,10 @@ from uniadc.synthesis.base import ScoreRequest
 from uniadc.synthesis.runtime import (
     BatchSplitter,
     WeightsError,
+    check_json,
     check_state_dict,
+    check_weights_file,
+    check_weights_folder,
     empty_cache,
     require_path,
     resolve_device,
@@ -283,12 +286,11 @@ def check_weights(config: SelectionConfig) -> dict[str, Any]:
         folder = require_path(
             name.removeprefix("local-dir:"), "selection.clip_model", CLIP_LAYOUT, ("open_clip_config.json",)
         )
-        if not any(any(folder.glob(ext)) for ext in ("*.safetensors", "*.bin", "*.pth", "*.pt")):
-            raise WeightsError(
-                f"selection.clip_model={name!r}: no weights file in the folder; expected {CLIP_LAYOUT}"
-            )
+        check_json(folder / "open_clip_config.json", "selection.clip_model")
+        check_weights_folder(folder, "selection.clip_model", CLIP_LAYOUT)
     else:
         clip = require_path(config.clip_weights, "selection.clip_weights", CLIP_LAYOUT, is_file=True)
+        check_weights_file(clip, "selection.clip_weights")
         import open_clip
 
         if name.replace("/", "-") not in open_clip.list_models():
@@ -304,6 +306,7 @@ def check_weights(config: SelectionConfig) -> dict[str, Any]:
             "an AlphaCLIP visual checkpoint (.pth, e.g. clip_l14_336_grit_20m_4xe.pth)",
             is_file=True,
         )
+        check_weights_file(alpha, "selection.alpha_clip_weights")
     return {"mode": mode, "clip": clip, "alpha": alpha}
 
 

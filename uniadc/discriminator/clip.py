@@ -37,6 +37,40 @@ class ClipBundle:
     std: tuple[float, ...]
 
 
+CLIP_WEIGHTS_LAYOUT = "an open_clip checkpoint file, or a folder with open_clip_config.json and weights"
+
+
+def check_clip_weights(config: DiscriminatorConfig) -> None:
+    """Check ``discriminator.clip_weights`` when the backbone or text encoder is ``clip``, without loading it:
+    the path exists, a folder's ``open_clip_config.json`` parses, weight-file headers are valid.
+
+    Raises:
+        WeightsError: one line naming ``discriminator.clip_weights``, the path and what is wrong.
+    """
+    from uniadc.synthesis.runtime import (
+        WeightsError,
+        check_json,
+        check_weights_file,
+        check_weights_folder,
+    )
+
+    if "clip" not in (config.backbone, config.text_encoder) or config.clip_model == TINY_CLIP:
+        return
+    key = "discriminator.clip_weights"
+    if config.clip_weights is None:
+        raise WeightsError(f"{key} is not set (backbone/text_encoder clip); expected {CLIP_WEIGHTS_LAYOUT}")
+    path = Path(config.clip_weights)
+    if path.is_dir():
+        check_json(path / "open_clip_config.json", key)
+        check_weights_folder(path, key, CLIP_WEIGHTS_LAYOUT)
+    elif path.is_file():
+        check_weights_file(path, key)
+    else:
+        raise WeightsError(
+            f"{key}={config.clip_weights!r}: no such file or folder; expected {CLIP_WEIGHTS_LAYOUT}"
+        )
+
+
 def load_clip(config: DiscriminatorConfig, image_size: int, generator: torch.Generator) -> ClipBundle:
     """Build the open_clip model named by ``config.clip_model`` from ``config.clip_weights``.
 

@@ -28,7 +28,15 @@ from schemas.config import DiffusionOptions, SynthesisConfig
 from uniadc.synthesis.brushnet_model import BRUSHNET_LAYOUT, WEIGHTS_NAME, BrushNetModel, UNetResidualInjector
 from uniadc.synthesis.diffusion_backend import DiffusionBackend, move_module
 from uniadc.synthesis.diffusion_sampler import Conditioning
-from uniadc.synthesis.runtime import WeightsError, require_path, resolve_device, resolve_dtype
+from uniadc.synthesis.runtime import (
+    WeightsError,
+    check_json,
+    check_weights_file,
+    check_weights_folder,
+    require_path,
+    resolve_device,
+    resolve_dtype,
+)
 
 __all__ = [
     "BrushNetSynthesizer",
@@ -53,10 +61,13 @@ PIPELINE_LAYOUT = (
 
 
 def _check_pipeline(path: str | None, key: str, unet_channels: int, what: str) -> Path:
-    folder = require_path(path, key, f"{what}: {PIPELINE_LAYOUT}", PIPELINE_FILES)
-    from diffusers import UNet2DConditionModel
-
-    channels = UNet2DConditionModel.load_config(str(folder / "unet"), local_files_only=True)["in_channels"]
+    layout = f"{what}: {PIPELINE_LAYOUT}"
+    folder = require_path(path, key, layout, PIPELINE_FILES)
+    for name in ("model_index.json", "unet/config.json", "vae/config.json", "text_encoder/config.json"):
+        check_json(folder / name, key)
+    for part in ("unet", "vae", "text_encoder"):
+        check_weights_folder(folder / part, key, layout)
+    channels = check_json(folder / "unet" / "config.json", key).get("in_channels", 4)  # diffusers' default
     if channels != unet_channels:
         raise WeightsError(
             f"{key}={path!r}: unet/config.json has in_channels={channels}; expected {what} "
@@ -92,17 +103,17 @@ def check_weights(name: str, options: DiffusionOptions) -> dict[str, Path | None
         )
     }
     files = ("config.json", WEIGHTS_NAME)
-    paths["brushnet"] = require_path(
-        options.brushnet_path, "synthesis.diffusion.brushnet_path", BRUSHNET_LAYOUT, files
-    )
     paths["random_mask"] = None
-    if options.brushnet_random_mask_path is not None:
-        paths["random_mask"] = require_path(
-            options.brushnet_random_mask_path,
-            "synthesis.diffusion.brushnet_random_mask_path",
-            BRUSHNET_LAYOUT,
-            files,
-        )
+    for name, key, value in (
+        ("brushnet", "synthesis.diffusion.brushnet_path", options.brushnet_path),
+        ("random_mask", "synthesis.diffusion.brushnet_random_mask_path", options.brushnet_random_mask_path),
+    ):
+        if name == "random_mask" and value is None:
+            continue
+        folder = require_path(value, key, BRUSHNET_LAYOUT, files)
+        check_json(folder / "config.json", key)
+        check_weights_file(folder / WEIGHTS_NAME, key)
+        paths[name] = folder
     return paths
 
 

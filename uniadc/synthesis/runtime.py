@@ -6,6 +6,7 @@ torch is imported inside the functions, so ``WeightsError`` and ``require_path``
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -51,6 +52,64 @@ def require_path(
     if missing:
         raise WeightsError(f"{key}={value!r}: missing {', '.join(missing)}; expected {layout}")
     return path.resolve()
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt")
+
+
+def check_json(path: str | Path, key: str) -> dict:
+    """Parse a config JSON file; one-line :class:`WeightsError` naming key and file when it is not a JSON object."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WeightsError(f"{key}: {path}: not a readable JSON file ({exc})") from None
+    if not isinstance(data, dict):
+        raise WeightsError(f"{key}: {path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def check_weights_file(path: str | Path, key: str) -> Path:
+    """Check a weights file's header without loading it: a safetensors header that parses and fits the file,
+    or a torch checkpoint (zip archive or pickle). Raises a one-line :class:`WeightsError` otherwise."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if path.suffix == ".safetensors":
+                n = int.from_bytes(head, "little") if len(head) == 8 else -1
+                if not 2 <= n <= min(size - 8, 100 << 20):
+                    raise WeightsError(f"{key}: {path}: not a safetensors file (header length {n})")
+                try:
+                    header = json.loads(fh.read(n))
+                except (UnicodeDecodeError, json.JSONDecodeError):
+                    raise WeightsError(f"{key}: {path}: not a safetensors file (unreadable header)") from None
+                ends = [
+                    v["data_offsets"][1]
+                    for k, v in (header.items() if isinstance(header, dict) else [])
+                    if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v
+                ]
+                if not isinstance(header, dict) or any(e > size - 8 - n for e in ends):
+                    raise WeightsError(f"{key}: {path}: safetensors file is truncated or malformed")
+            elif not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+                raise WeightsError(
+                    f"{key}: {path}: not a torch checkpoint (neither a zip archive nor a pickle)"
+                )
+    except OSError as exc:
+        raise WeightsError(f"{key}: {path}: cannot read ({exc.strerror or exc})") from None
+    return path
+
+
+def check_weights_folder(folder: str | Path, key: str, layout: str) -> list[Path]:
+    """Every weights file of ``folder`` checked by :func:`check_weights_file`; at least one must exist."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file())
+    if not files:
+        raise WeightsError(
+            f"{key}: {folder}: no weights file ({', '.join(WEIGHT_SUFFIXES)}); expected {layout}"
+        )
+    return [check_weights_file(p, key) for p in files]
 
 
 def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str, what: str) -> None:
