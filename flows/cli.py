@@ -36,7 +36,9 @@ app = typer.Typer(
 )
 priors_app = typer.Typer(help="Anomaly prior files.", no_args_is_help=True)
 data_app = typer.Typer(help="Datasets: inspect, split, build the demo.", no_args_is_help=True)
+store_app = typer.Typer(help="Run stores: remove what no completed run needs.", no_args_is_help=True)
 app.add_typer(priors_app, name="priors")
+app.add_typer(store_app, name="store")
 app.add_typer(data_app, name="data")
 console = Console()
 err = Console(stderr=True)
@@ -323,6 +325,27 @@ def predict_cmd(
     for r in rows:
         console.print(f"{r['path']}: score {r['image_score']:.3f} -> {r['class_name']}", highlight=False)
     console.print(f"wrote {len(rows)} predictions to {out} (checkpoint {path})", highlight=False)
+
+
+@store_app.command("gc")
+@user_errors
+def store_gc(
+    store: Annotated[Path, typer.Option("--store", help="the store folder")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="list what would go, remove nothing")] = False,
+) -> None:
+    """Remove stage folders, cache records, results and stale temporaries no completed run references."""
+    from storage.store_gc import collect_garbage
+
+    plan, size = collect_garbage(store, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for p in plan.paths:
+        console.print(f"{verb} {p}", highlight=False)
+    console.print(
+        f"{verb} {len(plan.stage_dirs)} stage folders, {len(plan.cache_records)} cache records, "
+        f"{len(plan.results)} results, {len(plan.partials)} temporaries ({size / 1e6:.1f} MB); "
+        f"{len(plan.kept_keys)} stage keys still referenced",
+        highlight=False,
+    )
 
 
 def main() -> None:  # pragma: no cover - console entry point

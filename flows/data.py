@@ -6,7 +6,7 @@ from prefect import flow
 
 from schemas.config import RunConfig
 from schemas.manifests import Manifest
-from tasks.common import run_folder_lock, stage_options
+from tasks.common import record_completed, run_folder_lock, stage_options
 from tasks.split import split_dataset, split_key
 
 
@@ -21,6 +21,7 @@ def run_split(config: RunConfig) -> Manifest:
 def split_flow(config: RunConfig) -> Manifest:
     with run_folder_lock(config):
         manifest = run_split(config)
+        record_completed(config, [manifest])
         print(
             f"split: {manifest.counts['support']} support, {manifest.counts['test']} test images "
             f"-> {manifest.run_dir}/{manifest.uris['split']}"

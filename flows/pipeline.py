@@ -13,7 +13,7 @@ from flows.regenerate import run_regenerate, run_support
 from schemas.config import RunConfig
 from schemas.manifests import Manifest
 from storage.priors import load_run_priors
-from tasks.common import run_folder_lock, stage_options
+from tasks.common import record_completed, run_folder_lock, stage_options
 from tasks.evaluate import evaluate_key, evaluate_model
 from tasks.report import write_report
 from tasks.train import train_key, train_model
@@ -48,8 +48,12 @@ def run_evaluate(config: RunConfig, split: Manifest, model: Manifest) -> Manifes
 def train_flow(config: RunConfig) -> Manifest:
     """Train on the regenerate outputs (recomputed only when missing or stale)."""
     with run_folder_lock(config):
-        support = run_support(config, run_split(config))
-        return run_train(config, support, run_regenerate(config, support))
+        split = run_split(config)
+        support = run_support(config, split)
+        samples = run_regenerate(config, support)
+        model = run_train(config, support, samples)
+        record_completed(config, [split, support, *samples, model])
+        return model
 
 
 @flow(name="evaluate", log_prints=True)
@@ -57,7 +61,11 @@ def evaluate_flow(config: RunConfig) -> Manifest:
     with run_folder_lock(config):
         split = run_split(config)
         support = run_support(config, split)
-        return run_evaluate(config, split, run_train(config, support, run_regenerate(config, support)))
+        samples = run_regenerate(config, support)
+        model = run_train(config, support, samples)
+        evaluation = run_evaluate(config, split, model)
+        record_completed(config, [split, support, *samples, model, evaluation])
+        return evaluation
 
 
 @flow(name="pipeline", log_prints=True)
@@ -70,6 +78,7 @@ def pipeline_flow(config: RunConfig) -> dict[str, Manifest]:
         model = run_train(config, support, samples)
         evaluation = run_evaluate(config, split, model)
         report = write_report(config, load_run_priors(config), split, support, samples, model, evaluation)
+        record_completed(config, [split, support, *samples, model, evaluation])
         print(f"report: {report}")
         return {
             "split": split,

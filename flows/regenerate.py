@@ -11,7 +11,7 @@ from schemas.config import RunConfig
 from schemas.manifests import Manifest
 from storage.layout import RunLayout
 from storage.priors import load_run_priors
-from tasks.common import run_folder_lock, stage_options
+from tasks.common import record_completed, run_folder_lock, stage_options
 from tasks.contact_sheet import write_contact_sheet
 from tasks.regenerate import category_key, regenerate_category
 from tasks.support import prepare_support, support_key
@@ -61,6 +61,7 @@ def regenerate_flow(config: RunConfig) -> list[Manifest]:
         split = run_split(config)
         support = run_support(config, split)
         manifests = run_regenerate(config, support)
+        record_completed(config, [split, support, *manifests])
         sheet = RunLayout.for_config(config.store, config.name).root / "contact_sheet.png"
         write_contact_sheet(manifests, str(sheet))
         for m in manifests:

@@ -17,6 +17,7 @@ import zarr.errors
 from zarr.codecs import BloscCodec
 
 from storage.errors import StoreError
+from storage.faults import crash_point
 from storage.files import atomic_dir
 
 _COMPRESSOR = BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
@@ -50,11 +51,13 @@ def create_group(
     try:
         with atomic_dir(path, replace=overwrite) as tmp:
             _build(tmp, arrays, attrs)
+            crash_point("group-built")
     except FileExistsError:
         group = _open_matching(path, arrays)
         if group is None:
             raise StoreError(f"{path}: another writer created it with missing arrays") from None
         return group
+    crash_point("group-created")
     return zarr.open_group(str(path), mode="r+")
 
 

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from storage.errors import StoreError
+from storage.faults import crash_point
 
 PARTIAL_SUFFIX = ".partial"
 
@@ -51,6 +52,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         _fsync(tmp)
+        crash_point("file-written")
         os.replace(tmp, path)
     finally:
         _remove(tmp)

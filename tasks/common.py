@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +12,10 @@ from prefect.cache_policies import CacheKeyFnPolicy
 from prefect.filesystems import LocalFileSystem
 
 from schemas.config import RunConfig
+from schemas.manifests import Manifest
 from storage.layout import RunLayout
 from storage.locks import run_lock
+from storage.store_gc import write_completed
 
 
 def cache_key(stage: str, version: str, *parts: str) -> str:
@@ -27,6 +30,16 @@ def cache_key(stage: str, version: str, *parts: str) -> str:
 def run_folder_lock(config: RunConfig):
     """The lock every flow holds on its run folder (``storage.locks``): a second run of it waits."""
     return run_lock(RunLayout.for_config(config.store, config.name).root)
+
+
+def record_completed(config: RunConfig, manifests: Sequence[Manifest]) -> None:
+    """Write the completed-run record of ``config`` (``storage.store_gc``): per stage, its folders and keys."""
+    stages: dict[str, list[tuple[str, str]]] = {}
+    for m in manifests:
+        first = next(iter(m.uris.values()))
+        stages.setdefault(m.stage, []).append((str(Path(first).parent), m.cache_key))
+    root = RunLayout.for_config(config.store, config.name).root
+    write_completed(root, config.config_hash(), config.to_json(), stages)
 
 
 def stage_options(store_root: str | Path) -> dict[str, Any]:

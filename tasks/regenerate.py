@@ -23,6 +23,7 @@ from schemas.manifests import Manifest
 from schemas.priors import AnomalyPrior, PriorsFile
 from schemas.tables import SAMPLES
 from storage.arrays import create_group, open_group, read_samples, write_sample
+from storage.faults import crash_point
 from storage.layout import RunLayout, provenance
 from storage.parquet import read_parts, write_part
 from tasks.common import cache_key
@@ -200,6 +201,7 @@ def regenerate_category(
                 write_sample(
                     group, i, images=s.image, masks=s.mask, class_masks=s.mask.astype(np.uint8) * label
                 )
+                crash_point("sample-written")
                 for name, value in (
                     ("sample_id", f"{category}-{key[:12]}-{i:04d}"),
                     ("run_id", config.name),
@@ -218,6 +220,7 @@ def regenerate_category(
                 ):
                     cols[name].append(value)
             write_part(out / "samples", batch[0], cols, SAMPLES)
+            crash_point("part-committed")
     rows_df = committed(out / "samples").sort("zarr_index")
     if rows_df["zarr_index"].to_list() != list(range(n)):
         raise RuntimeError(f"{out}: committed samples {rows_df['zarr_index'].to_list()} are not 0..{n - 1}")
