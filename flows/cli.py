@@ -350,3 +350,7 @@ def store_gc(
 
 def main() -> None:  # pragma: no cover - console entry point
     sys.exit(app())
+
+
+if __name__ == "__main__":  # pragma: no cover - python -m flows.cli
+    main()

@@ -99,9 +99,16 @@ def open_group(path: str | Path, mode: str = "r") -> zarr.Group:
 
 
 def write_sample(group: zarr.Group, index: int, **arrays: np.ndarray) -> None:
-    """Write one sample's arrays at ``index`` (each a whole chunk)."""
+    """Write one sample's arrays at ``index`` (each a whole chunk). An OS error (disk full, permission) is
+    re-raised naming the array (zarr's own does not say which file)."""
     for name, value in arrays.items():
-        group[name][index] = value
+        try:
+            group[name][index] = value
+        except OSError as exc:
+            if exc.filename:
+                raise
+            where = f"{getattr(group.store, 'root', group.store)}/{name}[{index}]"
+            raise OSError(exc.errno, exc.strerror or str(exc), where) from exc
 
 
 def read_samples(group: zarr.Group, name: str, indices: list[int] | np.ndarray) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -73,8 +74,12 @@ class _NoTraceback(logging.Filter):
 
 def quiet_task_tracebacks() -> None:
     """Keep tracebacks of failed tasks out of the console (the Prefect UI and API logs keep them)."""
-    import prefect.logging  # noqa: F401  (configures Prefect's console handler on the root logger)
+    from prefect.logging.configuration import PROCESS_LOGGING_CONFIG, setup_logging
 
+    # Prefect sets its handlers up once per process (later setups are incremental), binding sys.stderr as it is
+    # then: do it now only for the real stderr, not for a test runner's temporary one
+    if not PROCESS_LOGGING_CONFIG and sys.stderr is sys.__stderr__:
+        setup_logging()
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, _NoTraceback) for f in handler.filters):
             handler.addFilter(_NoTraceback())
