@@ -15,7 +15,7 @@ export TRANSFORMERS_OFFLINE := 1
 DEMO_ROOT ?= demo_data
 DEMO_STORE ?= runs/demo
 
-.PHONY: setup demo test bench bench-mtd lint clean
+.PHONY: setup demo test bench bench-mtd bench-reliability lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,9 @@ bench: $(STAMP)
 
 bench-mtd: $(STAMP)
 	$(BIN)/python benchmarks/mtd.py
+
+bench-reliability: $(STAMP)
+	$(BIN)/python benchmarks/reliability.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check uniadc schemas storage tasks flows tests benchmarks

