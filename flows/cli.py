@@ -248,16 +248,93 @@ def run(config: ConfigOpt, store: StoreOpt = None, overrides: SetOpt = None) -> 
     pipeline_flow(cfg)
 
 
+def _restore(path: Path):
+    """The discriminator and checkpoint of ``path``; CheckpointError (one line) when they do not fit."""
+    from storage.checkpoints import load_discriminator
+    from uniadc.discriminator import restore_discriminator
+
+    ckpt = load_discriminator(path)
+    try:
+        net = restore_discriminator(
+            ckpt.state, ckpt.config, ckpt.category_texts, ckpt.image_size, ckpt.seed, ckpt.backbone_sha256
+        )
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    return net, ckpt
+
+
+def _predictor(path: Path, engine: str) -> tuple[Callable[..., Any], list[str]]:
+    """(images, threshold) -> Prediction, and the class names, for the torch or the onnx engine."""
+    if engine == "onnx":
+        from storage.onnx_files import read_onnx
+        from uniadc.discriminator.onnx_engine import OnnxEngine
+
+        data, meta = read_onnx(path)
+        try:
+            onnx_engine = OnnxEngine(data, meta)
+        except (ValueError, KeyError) as exc:
+            raise DataError(f"{path}: not a uniadc export ({exc})") from None
+        return lambda images, threshold: onnx_engine.predict(images, threshold), onnx_engine.class_names
+    from uniadc.discriminator import predict
+
+    net, ckpt = _restore(path)
+    names = ["normal", *ckpt.category_names] + (["other"] if ckpt.config.open_set else [])
+    return lambda images, threshold: predict(net, images, threshold, batch_size=1), names
+
+
+@app.command("export")
+@user_errors
+def export_cmd(
+    model: Annotated[Path, typer.Option(help="run folder, train-* folder or model.safetensors file")],
+    out: Annotated[Path, typer.Option(help="the .onnx file to write")],
+    image_size: Annotated[
+        int | None, typer.Option("--image-size", help="input side (default: the training size)")
+    ] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset")] = 17,
+) -> None:
+    """One ONNX graph: uint8 (N, S, S, 3) images -> anomaly map and class logits, with the decision metadata."""
+    import torch
+
+    from storage.onnx_files import write_onnx
+    from storage.prediction_io import find_checkpoint
+    from tasks.common import file_sha256
+    from uniadc.discriminator.export import INPUT_NAME, OUTPUT_NAMES, InferenceGraph, export_metadata
+
+    if out.suffix != ".onnx":
+        raise ConfigError(f"--out {out}: must end in .onnx")
+    if image_size is not None and not 32 <= image_size <= 2048:
+        raise ConfigError(f"--image-size: must be in [32, 2048], got {image_size}")
+    if not 11 <= opset <= 20:
+        raise ConfigError(f"--opset: must be in [11, 20], got {opset}")
+    path = find_checkpoint(model)
+    net, ckpt = _restore(path)
+    graph = InferenceGraph(net, image_size)
+    size = graph.image_size
+    meta = export_metadata(net, ckpt.category_names, size, file_sha256(path), ckpt.versions)
+    example = torch.zeros(1, size, size, 3, dtype=torch.uint8)
+    write_onnx(graph, example, out, INPUT_NAME, OUTPUT_NAMES, meta, opset)
+    console.print(
+        f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): uint8 (N, {size}, {size}, 3) -> anomaly_map, "
+        f"class_logits; classes {meta['class_names']}; threshold 0.5 = {meta['threshold_origin']}",
+        highlight=False,
+    )
+
+
 @app.command("predict")
 @user_errors
 def predict_cmd(
-    model: Annotated[Path, typer.Option(help="run folder, train-* folder or model.safetensors file")],
+    model: Annotated[
+        Path, typer.Option(help="run folder, train-* folder, model.safetensors or (engine onnx) model.onnx")
+    ],
     images: Annotated[list[str], typer.Option(help="image file, folder or glob pattern (repeatable)")],
     out: Annotated[Path, typer.Option(help="output folder (replaced when it holds an earlier prediction)")],
     threshold: Annotated[
         float | None,
         typer.Option(help="anomaly threshold on the map (default: the checkpoint's calibrated 0.5)"),
     ] = None,
+    engine: Annotated[
+        str, typer.Option(help="torch (the checkpoint) or onnx (an exported .onnx file)")
+    ] = "torch",
 ) -> None:
     """Anomaly maps, class maps and overlay PNGs (colour per class, legend) for images, folders or globs.
 
@@ -266,7 +343,6 @@ def predict_cmd(
     """
     import polars as pl
 
-    from storage.checkpoints import load_discriminator
     from storage.files import atomic_dir
     from storage.images import read_image
     from storage.parquet import write_table_atomic
@@ -278,13 +354,22 @@ def predict_cmd(
         output_names,
         write_prediction,
     )
-    from uniadc.discriminator import predict, restore_discriminator
     from uniadc.visualize import heatmap, overlay, with_legend
 
     threshold = 0.5 if threshold is None else threshold
     if not 0.0 < threshold < 1.0:
         raise ConfigError(f"--threshold: must be in (0, 1), got {threshold}")
-    path = find_checkpoint(model)
+    if engine not in ("torch", "onnx"):
+        raise ConfigError(f"--engine: must be torch or onnx, got {engine!r}")
+    if engine == "onnx":
+        if model.suffix != ".onnx":
+            raise ConfigError(
+                f"--model {model}: the onnx engine runs an exported .onnx file "
+                "(uniadc export --model RUN --out model.onnx)"
+            )
+        path = model
+    else:
+        path = find_checkpoint(model)
     files = collect_images(images)
     check_output_folder(out)
     with progress() as bar:
@@ -292,19 +377,13 @@ def predict_cmd(
         for f in files:
             read_image(f)
             bar.advance(job)
-    ckpt = load_discriminator(path)
-    net = restore_discriminator(
-        ckpt.state, ckpt.config, ckpt.category_texts, ckpt.image_size, ckpt.seed, ckpt.backbone_sha256
-    )
-    names = ["normal", *ckpt.category_names]
-    if ckpt.config.open_set:
-        names.append("other")
+    run_model, names = _predictor(path, engine)
     rows = []
     with progress() as bar, atomic_dir(out, replace=True) as tmp:
         job = bar.add_task(f"predicting {len(files)} images", total=len(files))
         for f, name in zip(files, output_names(files), strict=True):
             image = read_image(f)
-            pred = predict(net, image[None], threshold, batch_size=1)
+            pred = run_model(image[None], threshold)
             cls = int(pred.image_classes[0])
             view = with_legend(overlay(image, pred.class_maps[0]), names, title=f"predicted: {names[cls]}")
             write_prediction(

@@ -43,6 +43,19 @@ def test_nearest_distances_match_brute_force():
         torch.testing.assert_close(got[lvl], _brute(query[lvl], bank_feats[lvl]), atol=2e-3, rtol=1e-3)
 
 
+def test_dense_distances_match_brute_force_across_bank_chunks(monkeypatch):
+    from uniadc.reference import bank as bank_module
+
+    monkeypatch.setattr(bank_module, "BANK_CHUNK", 7)  # several blocks of bank rows, the last one partial
+    bank_feats = embed_levels(_features(6, 0))
+    query = embed_levels(_features(3, 1))
+    bank = build_bank(bank_feats, torch.arange(6), torch.zeros(6, dtype=torch.long))
+    got = bank_module.dense_distances(bank, query)
+    for lvl in range(2):
+        torch.testing.assert_close(got[lvl], _brute(query[lvl], bank_feats[lvl]), atol=2e-3, rtol=1e-3)
+        torch.testing.assert_close(got[lvl], nearest_distances(bank, query)[lvl], atol=1e-5, rtol=0)
+
+
 def test_leave_one_out_never_finds_itself():
     """A query made from support image i, with i excluded, is at the distance of the other images only."""
     feats = embed_levels(_features(3, 2))  # three support images, one view each

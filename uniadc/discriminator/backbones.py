@@ -151,6 +151,8 @@ class EffNetLite0Backbone(FrozenBackbone):
         self.freeze()
 
     def features(self, x: Tensor) -> list[Tensor]:
+        if torch.jit.is_tracing():  # an exported graph takes any batch: no chunking baked in
+            return self._features(x.contiguous(memory_format=torch.channels_last))
         chunks = [
             self._features(c.contiguous(memory_format=torch.channels_last)) for c in x.split(self.CHUNK)
         ]

@@ -91,6 +91,34 @@ def _min_distance_spatial(
     return out
 
 
+BANK_CHUNK = 4096  # bank rows per matrix product of dense_distances
+
+
+def dense_distances(bank: ReferenceBank, embeddings: list[Tensor]) -> list[Tensor]:
+    """Distance of every query location to its nearest bank patch, per level, with no exclusion.
+
+    The inference path: one batched matrix product per fixed block of bank rows, no data-dependent control
+    flow, so it traces into an ONNX graph with a dynamic batch (``uniadc.discriminator.export``).
+
+    Args:
+        bank: the normal reference.
+        embeddings: (B, C_l, h_l, w_l) per level, from :func:`embed_levels`.
+
+    Returns:
+        (B, h_l, w_l) float32 per level.
+    """
+    out = []
+    for e, rows in zip(embeddings, bank.levels, strict=True):
+        b, c, h, w = e.shape
+        q = e.float().flatten(2).transpose(1, 2)  # (B, h*w, C)
+        best = None
+        for s in range(0, rows.shape[0], BANK_CHUNK):
+            sim = torch.matmul(q, rows[s : s + BANK_CHUNK].T).amax(dim=2)
+            best = sim if best is None else torch.maximum(best, sim)
+        out.append((2.0 - 2.0 * best).clamp_min(0.0).sqrt().reshape(b, h, w))
+    return out
+
+
 def nearest_distances(
     bank: ReferenceBank,
     embeddings: list[Tensor],

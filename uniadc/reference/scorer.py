@@ -8,7 +8,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from uniadc.reference.bank import ReferenceBank, build_bank, embed_levels, nearest_distances
+from uniadc.reference.bank import (
+    ReferenceBank,
+    build_bank,
+    dense_distances,
+    embed_levels,
+    nearest_distances,
+)
 from uniadc.reference.calibration import Calibration
 from uniadc.reference.maps import distance_map
 
@@ -92,9 +98,13 @@ class ReferenceScorer(nn.Module):
         exclude_view: Tensor | None = None,
         radius: float | None = None,
     ) -> list[Tensor]:
-        """Per-level nearest-neighbour distances (B, h_l, w_l) of backbone features (``bank.nearest_distances``)."""
+        """Per-level nearest-neighbour distances (B, h_l, w_l) of backbone features: to the whole bank
+        (``bank.dense_distances``, the traceable inference path) or leaving out what the arguments name
+        (``bank.nearest_distances``, for training)."""
         if len(features) != self.num_levels:
             raise ValueError(f"expected {self.num_levels} feature levels, got {len(features)}")
+        if exclude_owner is None and exclude_view is None and radius is None:
+            return dense_distances(self.bank(), embed_levels(features))
         return nearest_distances(self.bank(), embed_levels(features), exclude_owner, exclude_view, radius)
 
     def distance_map(self, distances: list[Tensor], size: tuple[int, int]) -> Tensor:
