@@ -29,20 +29,26 @@ def write_onnx(
     import onnx
 
     path = Path(path)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
     with atomic_file(path) as tmp:
         with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
             warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer warnings
-            torch.onnx.export(
-                module,
-                (example,),
-                str(tmp),
-                dynamo=False,
-                input_names=[input_name],
-                output_names=list(output_names),
-                dynamic_axes={input_name: {0: "n"}, **{o: {0: "n"} for o in output_names}},
-                opset_version=opset,
-                do_constant_folding=True,
-            )
+            # nn.MultiheadAttention's fused inference kernel (CLIP towers) has no ONNX symbolic
+            torch.backends.mha.set_fastpath_enabled(False)
+            try:
+                torch.onnx.export(
+                    module,
+                    (example,),
+                    str(tmp),
+                    dynamo=False,
+                    input_names=[input_name],
+                    output_names=list(output_names),
+                    dynamic_axes={input_name: {0: "n"}, **{o: {0: "n"} for o in output_names}},
+                    opset_version=opset,
+                    do_constant_folding=True,
+                )
+            finally:
+                torch.backends.mha.set_fastpath_enabled(fastpath)
         model = onnx.load(str(tmp))
         del model.metadata_props[:]
         for key, value in metadata.items():

@@ -30,7 +30,9 @@ def _checkpoint(tmp: Path, backbone: str, size: int, calibrated: bool = True) ->
     from uniadc.reference.calibration import Calibration
     from uniadc.reference.views import dihedral_views
 
-    config = DiscriminatorConfig(backbone=backbone, text_encoder="tiny", fusion_dim=16)
+    config = DiscriminatorConfig(
+        backbone=backbone, text_encoder="tiny", fusion_dim=16, clip_model="tiny-random"
+    )
     model = build_discriminator(config, [[n] for n in NAMES], size, seed=0)
     rng = np.random.default_rng(0)
     views, owner, view = dihedral_views(rng.integers(0, 256, (2, size, size, 3), dtype=np.uint8))
@@ -50,7 +52,7 @@ def _images(folder: Path, size: int, n: int = 5) -> Path:
     return folder
 
 
-@pytest.mark.parametrize(("backbone", "size"), [("tiny", 64), ("effnet-lite0", 128)])
+@pytest.mark.parametrize(("backbone", "size"), [("tiny", 64), ("effnet-lite0", 128), ("clip", 64)])
 def test_onnx_engine_matches_torch_engine(tmp_path, backbone, size):
     ckpt = _checkpoint(tmp_path, backbone, size)
     onnx_file = tmp_path / "model.onnx"
