@@ -38,7 +38,7 @@ def one_torch_thread():
 
 
 def pytest_collection_modifyitems(config, items):
-    """gpu tests skip without CUDA; mtd tests skip without the dataset."""
+    """gpu tests skip without CUDA; mtd tests skip without the dataset; slow tests skip with UNIADC_FAST=1."""
     try:
         import torch
 
@@ -48,5 +48,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords and not has_cuda:
             item.add_marker(pytest.mark.skip(reason="needs CUDA"))
+        if "slow" in item.keywords and os.environ.get("UNIADC_FAST") == "1":
+            item.add_marker(pytest.mark.skip(reason="slow test (UNIADC_FAST=1)"))
         if "mtd" in item.keywords and not MTD_ROOT.is_dir():
             item.add_marker(pytest.mark.skip(reason=f"needs the MTD dataset at {MTD_ROOT}"))
