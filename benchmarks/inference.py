@@ -4,9 +4,10 @@ The model is the offline default's shape (EfficientNet-Lite0 backbone, nearest-n
 demo normals with its 8 views each, fusion_dim 64, 3 categories); an untrained head runs exactly as fast as a
 trained one. Each measurement runs in its own process (its peak RSS is that process's): images/s of
 ``predict`` for each engine at 1 and 2 threads, batch 1 and 8, and end to end (decode PNG -> predict -> write
-the four output files, batch 1) at 2 threads. Ratios are ONNX Runtime over torch in the same run.
+the four output files, batch 1) at 2 threads; each the best of 3 passes. Ratios are ONNX Runtime over torch
+in the same run.
 
-Usage: ``python benchmarks/inference.py [--images 24]``. Writes ``benchmarks/results/inference.{json,md}``.
+Usage: ``python benchmarks/inference.py [--images 64]``. Writes ``benchmarks/results/inference.{json,md}``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
 SIZE = 256
+REPEATS = 3
 
 
 def _build(work: Path) -> None:
@@ -92,19 +94,24 @@ def _worker(work: Path, engine: str, threads: int, batch: int, n: int, end_to_en
     images = np.stack([read_image(f) for f in files])
     run(images[:batch])  # warm-up
     out = Path(tempfile.mkdtemp(dir=work))
-    t0 = time.perf_counter()
-    if end_to_end:
-        for i, f in enumerate(files):
-            image = read_image(f)
-            pred = run(image[None])
-            write_prediction(
-                out, f"{i:04d}", pred.anomaly_maps[0], pred.class_maps[0], heatmap(pred.anomaly_maps[0]),
-                overlay(image, pred.class_maps[0]),
-            )  # fmt: skip
-    else:
-        for s in range(0, n, batch):
-            run(images[s : s + batch])
-    wall = time.perf_counter() - t0
+    best = float("inf")
+    for _ in range(
+        REPEATS
+    ):  # best of REPEATS: the machine is shared, the fastest pass is the least disturbed
+        t0 = time.perf_counter()
+        if end_to_end:
+            for i, f in enumerate(files):
+                image = read_image(f)
+                pred = run(image[None])
+                write_prediction(
+                    out, f"{i:04d}", pred.anomaly_maps[0], pred.class_maps[0], heatmap(pred.anomaly_maps[0]),
+                    overlay(image, pred.class_maps[0]),
+                )  # fmt: skip
+        else:
+            for s in range(0, n, batch):
+                run(images[s : s + batch])
+        best = min(best, time.perf_counter() - t0)
+    wall = best
     return {"images_per_s": n / wall, "peak_rss_mb": _peak_rss_mb()}
 
 
@@ -118,7 +125,7 @@ def _peak_rss_mb() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=24)
+    parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -87,8 +87,11 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     return out.astype(bool) if mask.dtype == bool else out
 
 
-def write_png(path: str | Path, array: np.ndarray) -> None:
-    """Write a uint8 (H, W) or (H, W, 3) array (or bool mask as 0/255) as PNG, atomically."""
+def write_png(path: str | Path, array: np.ndarray, compress_level: int = 6) -> None:
+    """Write a uint8 (H, W) or (H, W, 3) array (or bool mask as 0/255) as PNG, atomically.
+
+    ``compress_level`` 1 writes about 3x faster and somewhat larger files (PNG stays lossless).
+    """
     arr = array.astype(np.uint8) * 255 if array.dtype == bool else array
     with atomic_file(path) as tmp:
-        Image.fromarray(arr).save(tmp, format="PNG")
+        Image.fromarray(arr).save(tmp, format="PNG", compress_level=compress_level)

@@ -122,6 +122,7 @@ def write_prediction(
     out.mkdir(parents=True, exist_ok=True)
     with atomic_file(out / f"{name}_anomaly.npy") as tmp, open(tmp, "wb") as fh:
         np.save(fh, anomaly_map.astype(np.float32))
-    write_png(out / f"{name}_anomaly.png", heat)
-    write_png(out / f"{name}_classes.png", class_map.astype(np.uint8))
-    write_png(out / f"{name}_overlay.png", overlay)
+    # fast PNG compression: on a line the outputs are written per image, at camera rate
+    write_png(out / f"{name}_anomaly.png", heat, compress_level=1)
+    write_png(out / f"{name}_classes.png", class_map.astype(np.uint8), compress_level=1)
+    write_png(out / f"{name}_overlay.png", overlay, compress_level=1)
