@@ -17,7 +17,8 @@
 
 Stage folders are addressed by their cache key, so editing one category's prior writes a new folder for that
 category and leaves the others (and their cache records) in place; ``uniadc store gc`` removes what no completed
-run references (``storage.store_gc``). Every path below the store is built with ``storage.files.safe_join``.
+run references (``storage.store_gc``). Run and stage folders (named from config and priors) are built with
+``storage.files.safe_join``.
 """
 
 from __future__ import annotations
