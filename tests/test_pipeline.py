@@ -145,3 +145,36 @@ def test_predict_same_stem_files_glob_and_bad_image(pipeline_run, tmp_path, demo
     )
     assert result.exit_code == 2 and "not a uniadc predict output" in result.output
     assert (other / "keep.txt").read_text() == "mine"
+
+
+def test_exported_demo_model_matches_its_checkpoint(pipeline_run, tmp_path, demo_root):
+    """The trained demo model (tiny backbone, reference bank, calibration) through both predict engines."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    cfg, _ = pipeline_run
+    runner = CliRunner()
+    run_dir = Path(cfg.store) / cfg.name
+    onnx_file = tmp_path / "demo.onnx"
+    result = runner.invoke(app, ["export", "--model", str(run_dir), "--out", str(onnx_file)])
+    assert result.exit_code == 0, result.output
+    images = str(demo_root / "grass" / "test" / "*" / "*.png")
+    outs = []
+    for engine, model in (("torch", run_dir), ("onnx", onnx_file)):
+        out = tmp_path / engine
+        args = ["predict", "--model", str(model), "--images", images, "--out", str(out), "--engine", engine]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        outs.append(out)
+    a, b = (pl.read_parquet(o / "predictions.parquet").sort("path") for o in outs)
+    assert a.height >= 6 and a["class_name"].to_list() == b["class_name"].to_list()
+    for name in a["output"]:
+        assert (
+            np.abs(np.load(outs[0] / f"{name}_anomaly.npy") - np.load(outs[1] / f"{name}_anomaly.npy")).max()
+            <= 1e-4
+        )
+        assert np.array_equal(
+            np.asarray(Image.open(outs[0] / f"{name}_classes.png")),
+            np.asarray(Image.open(outs[1] / f"{name}_classes.png")),
+        )
