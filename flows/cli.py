@@ -28,15 +28,21 @@ from storage.checkpoints import CheckpointError  # noqa: E402
 from storage.errors import DataError, StoreError  # noqa: E402
 from uniadc.synthesis.runtime import WeightsError  # noqa: E402
 
+HELP = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(
     help="uniadc: unified anomaly detection and classification pipeline.",
+    context_settings=HELP,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-priors_app = typer.Typer(help="Anomaly prior files.", no_args_is_help=True)
-data_app = typer.Typer(help="Datasets: inspect, split, build the demo.", no_args_is_help=True)
-store_app = typer.Typer(help="Run stores: remove what no completed run needs.", no_args_is_help=True)
+priors_app = typer.Typer(help="Anomaly prior files.", no_args_is_help=True, context_settings=HELP)
+data_app = typer.Typer(
+    help="Datasets: inspect, split, build the demo.", no_args_is_help=True, context_settings=HELP
+)
+store_app = typer.Typer(
+    help="Run stores: remove what no completed run needs.", no_args_is_help=True, context_settings=HELP
+)
 app.add_typer(priors_app, name="priors")
 app.add_typer(store_app, name="store")
 app.add_typer(data_app, name="data")
@@ -47,9 +53,20 @@ USER_ERRORS = (ConfigError, PriorsError, DataError, StoreError, WeightsError, Ch
 _DEBUG = {"on": os.environ.get("UNIADC_DEBUG", "") not in ("", "0")}
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        console.print(f"uniadc {version('uniadc')}", highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
 def _options(
     debug: Annotated[bool, typer.Option("--debug", help="show the traceback of an unexpected error")] = False,
+    show_version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")
+    ] = False,
 ) -> None:
     """uniadc: unified anomaly detection and classification pipeline."""
     _DEBUG["on"] = _DEBUG["on"] or debug

@@ -14,7 +14,7 @@ def run_split(config: RunConfig) -> Manifest:
     """Submit the split task with its explicit cache key; usable inside any flow."""
     key = split_key(config)
     options = stage_options(config.store)
-    return split_dataset.with_options(**options).submit(config, key).result()
+    return split_dataset.with_options(**options, task_run_name="split").submit(config, key).result()
 
 
 @flow(name="split", log_prints=True)

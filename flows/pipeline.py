@@ -13,7 +13,7 @@ from flows.regenerate import run_regenerate, run_support
 from schemas.config import RunConfig
 from schemas.manifests import Manifest
 from storage.priors import load_run_priors
-from tasks.common import record_completed, run_folder_lock, stage_options
+from tasks.common import artifact_key, record_completed, run_folder_lock, stage_options
 from tasks.evaluate import evaluate_key, evaluate_model
 from tasks.report import write_report
 from tasks.train import train_key, train_model
@@ -24,20 +24,23 @@ def run_train(config: RunConfig, support: Manifest, samples: list[Manifest]) -> 
     priors = load_run_priors(config)
     key = train_key(config, priors, support, samples)
     options = stage_options(config.store)
-    return train_model.with_options(**options).submit(config, priors, support, samples, key).result()
+    task = train_model.with_options(**options, task_run_name="train")
+    return task.submit(config, priors, support, samples, key).result()
 
 
 def run_evaluate(config: RunConfig, split: Manifest, model: Manifest) -> Manifest:
     priors = load_run_priors(config)
     key = evaluate_key(config, split, model)
     options = stage_options(config.store)
-    manifest = evaluate_model.with_options(**options).submit(config, priors, split, model, key).result()
+    task = evaluate_model.with_options(**options, task_run_name="evaluate")
+    manifest = task.submit(config, priors, split, model, key).result()
     table = pl.read_parquet(Path(manifest.run_dir) / manifest.uris["metrics"])
     create_table_artifact(
         [
             {k: (round(100 * v, 2) if k in METRIC_COLUMNS else v) for k, v in row.items()}
             for row in table.iter_rows(named=True)
         ],
+        key=artifact_key(config, "metrics"),
         description=f"metrics (percent) of {config.name}",
     )
     print(format_metrics_table(table))
@@ -77,7 +80,9 @@ def pipeline_flow(config: RunConfig) -> dict[str, Manifest]:
         samples = run_regenerate(config, support)
         model = run_train(config, support, samples)
         evaluation = run_evaluate(config, split, model)
-        report = write_report(config, load_run_priors(config), split, support, samples, model, evaluation)
+        report = write_report.with_options(task_run_name="report")(
+            config, load_run_priors(config), split, support, samples, model, evaluation
+        )
         record_completed(config, [split, support, *samples, model, evaluation])
         print(f"report: {report}")
         return {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import flow
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.futures import as_completed
@@ -11,7 +13,7 @@ from schemas.config import RunConfig
 from schemas.manifests import Manifest
 from storage.layout import RunLayout
 from storage.priors import load_run_priors
-from tasks.common import record_completed, run_folder_lock, stage_options
+from tasks.common import artifact_key, record_completed, run_folder_lock, stage_options
 from tasks.contact_sheet import write_contact_sheet
 from tasks.regenerate import category_key, regenerate_category
 from tasks.support import prepare_support, support_key
@@ -20,14 +22,20 @@ from tasks.support import prepare_support, support_key
 def run_support(config: RunConfig, split: Manifest) -> Manifest:
     key = support_key(config, split)
     options = stage_options(config.store)
-    return prepare_support.with_options(**options).submit(config, split, key).result()
+    return (
+        prepare_support.with_options(**options, task_run_name="support").submit(config, split, key).result()
+    )
 
 
 def run_regenerate(config: RunConfig, support: Manifest) -> list[Manifest]:
     """Submit one task per category (independent, so a Dask runner can spread them); wait for all."""
     priors = load_run_priors(config)
     options = stage_options(config.store)
-    progress = create_progress_artifact(0.0, description=f"regenerate: categories of {config.name} done")
+    progress = create_progress_artifact(
+        0.0,
+        key=artifact_key(config, "regenerate-progress"),
+        description=f"regenerate: categories of {config.name} done",
+    )
     futures = []
     for name in priors.names:
         key = category_key(config, priors, name, support)
@@ -48,10 +56,18 @@ def run_regenerate(config: RunConfig, support: Manifest) -> list[Manifest]:
             }
             for m in manifests
         ],
-        key=None,
+        key=artifact_key(config, "samples"),
         description=f"selected synthetic samples of {config.name}",
     )
+    # the stage that owns the samples draws them, so every flow that regenerates keeps the sheet current
+    write_contact_sheet.with_options(task_run_name="contact-sheet")(
+        manifests, str(contact_sheet_path(config))
+    )
     return manifests
+
+
+def contact_sheet_path(config: RunConfig) -> Path:
+    return RunLayout.for_config(config.store, config.name).root / "contact_sheet.png"
 
 
 @flow(name="regenerate", log_prints=True)
@@ -62,8 +78,7 @@ def regenerate_flow(config: RunConfig) -> list[Manifest]:
         support = run_support(config, split)
         manifests = run_regenerate(config, support)
         record_completed(config, [split, support, *manifests])
-        sheet = RunLayout.for_config(config.store, config.name).root / "contact_sheet.png"
-        write_contact_sheet(manifests, str(sheet))
+        sheet = contact_sheet_path(config)
         for m in manifests:
             print(
                 f"{m.key}: {m.counts['samples']} samples (mean score {m.counts['mean_score_milli'] / 1000:.3f}) "

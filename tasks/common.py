@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +27,12 @@ def cache_key(stage: str, version: str, *parts: str) -> str:
         h.update(b"\x00")
         h.update(part.encode())
     return h.hexdigest()
+
+
+def artifact_key(config: RunConfig, what: str) -> str:
+    """Stable Prefect artifact key ``<run name>-<what>`` (lowercase letters, digits and dashes, as Prefect
+    requires), so reruns add versions of one artifact instead of new unnamed ones."""
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", f"{config.name}-{what}".lower())).strip("-")
 
 
 def run_folder_lock(config: RunConfig):

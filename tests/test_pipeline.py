@@ -68,7 +68,27 @@ def test_pipeline_writes_every_stage_and_report(pipeline_run):
     report = (root / "report.html").read_text()
     assert report.count("<img") >= 3 * 3 + 3 * 3 and "Metrics" in report
     assert (root / manifests["model"].uris["checkpoint"]).is_file()
-    assert set(task_states(state).values()) == {"Completed"}
+    states = task_states(state)
+    assert set(states.values()) == {"Completed"}
+    stable = {"split", "support", "regenerate-scratch", "regenerate-stain", "regenerate-hole", "train"}
+    assert stable | {"evaluate", "report", "contact-sheet"} == set(states), states  # no random suffixes
+    assert (root / "contact_sheet.png").is_file()  # the pipeline draws its own samples too
+
+
+def test_pipeline_artifacts_have_stable_keys(pipeline_run):
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async def keys():
+        async with get_client() as client:
+            found = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_="tiny-"))
+            )
+            return {a.key for a in found}
+
+    assert {"tiny-metrics", "tiny-samples", "tiny-regenerate-progress"} <= asyncio.run(keys())
 
 
 def test_pipeline_rerun_is_fully_cached(pipeline_run):
