@@ -59,31 +59,31 @@ def train_flow(config: RunConfig) -> Manifest:
         return model
 
 
+def run_through_evaluate(config: RunConfig) -> tuple[Manifest, Manifest, list[Manifest], Manifest, Manifest]:
+    """split -> support -> regenerate -> train -> evaluate, recorded as completed; returns their manifests."""
+    split = run_split(config)
+    support = run_support(config, split)
+    samples = run_regenerate(config, support)
+    model = run_train(config, support, samples)
+    evaluation = run_evaluate(config, split, model)
+    record_completed(config, [split, support, *samples, model, evaluation])
+    return split, support, samples, model, evaluation
+
+
 @flow(name="evaluate", log_prints=True)
 def evaluate_flow(config: RunConfig) -> Manifest:
     with run_folder_lock(config):
-        split = run_split(config)
-        support = run_support(config, split)
-        samples = run_regenerate(config, support)
-        model = run_train(config, support, samples)
-        evaluation = run_evaluate(config, split, model)
-        record_completed(config, [split, support, *samples, model, evaluation])
-        return evaluation
+        return run_through_evaluate(config)[-1]
 
 
 @flow(name="pipeline", log_prints=True)
 def pipeline_flow(config: RunConfig) -> dict[str, Manifest]:
     """regenerate -> train -> evaluate -> report.html; returns the manifests of every stage."""
     with run_folder_lock(config):
-        split = run_split(config)
-        support = run_support(config, split)
-        samples = run_regenerate(config, support)
-        model = run_train(config, support, samples)
-        evaluation = run_evaluate(config, split, model)
+        split, support, samples, model, evaluation = run_through_evaluate(config)
         report = write_report.with_options(task_run_name="report")(
             config, load_run_priors(config), split, support, samples, model, evaluation
         )
-        record_completed(config, [split, support, *samples, model, evaluation])
         print(f"report: {report}")
         return {
             "split": split,

@@ -64,3 +64,13 @@ def image_classes(class_maps: np.ndarray, num_classes: int) -> np.ndarray:
     )
     areas = counts[:, 1:]
     return np.where(areas.max(axis=1) > 0, areas.argmax(axis=1) + 1, 0).astype(np.int64)
+
+
+def class_maps_and_argmax(
+    anomaly_maps: np.ndarray, class_scores: np.ndarray, threshold: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The thresholded class map and the unthresholded ``1 + argmax`` map, both (N, H, W) uint8."""
+    return (
+        pixel_classes(anomaly_maps, class_scores, threshold),
+        pixel_classes(np.ones_like(anomaly_maps), class_scores, 0.5),
+    )

@@ -93,9 +93,8 @@ def predict(
                 scores = out.class_logits.numpy()
                 if reference_maps is not None and out.reference_logit is not None:
                     reference_maps[start:stop] = torch.sigmoid(out.reference_logit).numpy()
-                class_maps[start:stop] = decision.pixel_classes(anomaly_maps[start:stop], scores, threshold)
-                argmax[start:stop] = decision.pixel_classes(
-                    np.ones_like(anomaly_maps[start:stop]), scores, 0.5
+                class_maps[start:stop], argmax[start:stop] = decision.class_maps_and_argmax(
+                    anomaly_maps[start:stop], scores, threshold
                 )
     finally:
         torch.set_num_threads(previous_threads)

@@ -82,8 +82,9 @@ class OnnxEngine:
                 logits = np.stack([[_resize(c, h, w) for c in img] for img in logits])
             stop = start + len(batch)
             anomaly_maps[start:stop] = anomaly
-            class_maps[start:stop] = decision.pixel_classes(anomaly, logits, threshold)
-            argmax[start:stop] = decision.pixel_classes(np.ones_like(anomaly), logits, 0.5)
+            class_maps[start:stop], argmax[start:stop] = decision.class_maps_and_argmax(
+                anomaly, logits, threshold
+            )
         return Prediction(
             anomaly_maps=anomaly_maps,
             class_maps=class_maps,
