@@ -14,8 +14,13 @@ export TRANSFORMERS_OFFLINE := 1
 
 DEMO_ROOT ?= demo_data
 DEMO_STORE ?= runs/demo
+# make ui DATABASE=postgres [DATABASE_URL=postgresql+asyncpg://user@host:5432/db] [UI_PORT=4200] [UI_WORKERS=1]
+DATABASE ?= sqlite
+DATABASE_URL ?=
+UI_PORT ?= 4200
+UI_WORKERS ?= 1
 
-.PHONY: setup demo test bench bench-mtd bench-reliability lint clean
+.PHONY: setup demo test bench bench-mtd bench-reliability bench-server lint clean ui ui-stop
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +51,16 @@ bench-mtd: $(STAMP)
 
 bench-reliability: $(STAMP)
 	$(BIN)/python benchmarks/reliability.py
+
+bench-server: $(STAMP)
+	$(BIN)/python benchmarks/server_load.py $(BENCH_ARGS)
+
+ui: $(STAMP)
+	$(BIN)/uniadc server start --database $(DATABASE) $(if $(DATABASE_URL),--database-url $(DATABASE_URL)) \
+		--port $(UI_PORT) --workers $(UI_WORKERS)
+
+ui-stop: $(STAMP)
+	$(BIN)/uniadc server stop
 
 lint: $(STAMP)
 	$(BIN)/ruff check uniadc schemas storage tasks flows tests benchmarks

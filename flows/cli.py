@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,6 +23,7 @@ from rich.console import Console  # noqa: E402
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from flows.server import ServerError  # noqa: E402
 from schemas.config import ConfigError, RunConfig, load_run_config  # noqa: E402
 from schemas.priors import PriorsError, load_priors  # noqa: E402
 from storage.checkpoints import CheckpointError  # noqa: E402
@@ -43,13 +45,19 @@ data_app = typer.Typer(
 store_app = typer.Typer(
     help="Run stores: remove what no completed run needs.", no_args_is_help=True, context_settings=HELP
 )
+server_app = typer.Typer(
+    help="The monitored setup: a persistent Prefect server, work pool, workers and deployments.",
+    no_args_is_help=True,
+    context_settings=HELP,
+)
+app.add_typer(server_app, name="server")
 app.add_typer(priors_app, name="priors")
 app.add_typer(store_app, name="store")
 app.add_typer(data_app, name="data")
 console = Console()
 err = Console(stderr=True)
 
-USER_ERRORS = (ConfigError, PriorsError, DataError, StoreError, WeightsError, CheckpointError)
+USER_ERRORS = (ServerError, ConfigError, PriorsError, DataError, StoreError, WeightsError, CheckpointError)
 _DEBUG = {"on": os.environ.get("UNIADC_DEBUG", "") not in ("", "0")}
 
 
@@ -120,6 +128,30 @@ def progress() -> Progress:
         console=err,
         transient=True,
     )
+
+
+@contextmanager
+def reporting_server(config: RunConfig) -> Iterator[None]:
+    """Report into the server ``uniadc server start`` left running when PREFECT_API_URL is not set; a Dask run
+    with no server up gets a private one for its length; otherwise Prefect's ephemeral server."""
+    if os.environ.get("PREFECT_API_URL"):
+        yield
+        return
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.server import private_server, running_server
+
+    state = running_server()
+    if state is not None:
+        err.print(f"reporting to the Prefect server at {state.ui_url} (uniadc server start)", highlight=False)
+        with temporary_settings(updates={PREFECT_API_URL: state.api_url}):
+            yield
+    elif config.runner.kind == "dask":
+        err.print("runner.kind=dask and no server is up (uniadc server start): starting one for this run")
+        with private_server() as api_url, temporary_settings(updates={PREFECT_API_URL: api_url}):
+            yield
+    else:
+        yield
 
 
 def load_config(config: Path, overrides: list[str] | None, store: Path | None = None) -> RunConfig:
@@ -250,8 +282,10 @@ def regenerate(config: ConfigOpt, store: StoreOpt = None, overrides: SetOpt = No
     cfg = load_config(config, overrides, store)
     preflight(cfg)
     from flows.regenerate import regenerate_flow
+    from flows.runner import with_runner
 
-    regenerate_flow(cfg)
+    with reporting_server(cfg):
+        with_runner(regenerate_flow, cfg)(cfg)
 
 
 @app.command("run")
@@ -261,8 +295,10 @@ def run(config: ConfigOpt, store: StoreOpt = None, overrides: SetOpt = None) -> 
     cfg = load_config(config, overrides, store)
     preflight(cfg)
     from flows.pipeline import pipeline_flow
+    from flows.runner import with_runner
 
-    pipeline_flow(cfg)
+    with reporting_server(cfg):
+        with_runner(pipeline_flow, cfg)(cfg)
 
 
 def _restore(path: Path):
@@ -442,6 +478,61 @@ def store_gc(
         f"{len(plan.kept_keys)} stage keys still referenced",
         highlight=False,
     )
+
+
+@server_app.command("start")
+@user_errors
+def server_start(
+    database: Annotated[str, typer.Option("--database", help="sqlite (default) or postgres")] = "sqlite",
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            "--database-url",
+            help="SQLAlchemy URL, e.g. postgresql+asyncpg://postgres@127.0.0.1:5432/prefect_uniadc "
+            "(default: PREFECT_API_DATABASE_CONNECTION_URL, else that URL or $PREFECT_HOME/prefect.db)",
+        ),
+    ] = None,
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port")] = 4200,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="process workers to run")] = 1,
+    pool: Annotated[str, typer.Option("--pool", help="process work pool")] = "local-proc",
+    deploy: Annotated[bool, typer.Option("--deploy/--no-deploy", help="deploy prefect.yaml")] = True,
+) -> None:
+    """Start (or keep) a Prefect server, its work pool, workers and deployments; print the UI URL."""
+    from flows import server
+
+    server.start(database, database_url, host, port, workers, pool, deploy, say=_say)
+
+
+@server_app.command("stop")
+@user_errors
+def server_stop() -> None:
+    """Stop the workers and the server that ``server start`` recorded (nothing else)."""
+    from flows import server
+
+    server.stop(say=_say)
+
+
+@server_app.command("status")
+@user_errors
+def server_status() -> None:
+    """What ``server start`` recorded, and whether each process is still alive; exit 1 when not running."""
+    from flows import server
+
+    state = server.read_state()
+    if state is None:
+        _say(f"no server recorded under {server.state_dir()}")
+        raise typer.Exit(1)
+    healthy = state.server.alive() and server.api_healthy(state.api_url)
+    _say(f"server {state.ui_url} ({state.database}: {state.database_url}): {'up' if healthy else 'down'}")
+    for i, w in enumerate(state.workers):
+        _say(f"worker uniadc-{i + 1} (pid {w.pid}, pool {state.pool}): {'up' if w.alive() else 'down'}")
+    if not healthy:
+        raise typer.Exit(1)
+
+
+def _say(line: str) -> None:
+    console.print(line, highlight=False, soft_wrap=True)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.regenerate import regenerate_flow
+from flows.runner import with_runner
 from schemas.config import load_run_config
 
 
@@ -12,5 +13,5 @@ from schemas.config import load_run_config
 def regenerate_from_file(config_path: str, overrides: list[str] | None = None) -> int:
     """Load and validate a run config file, then run ``regenerate``; returns the number of samples written."""
     config = load_run_config(config_path, overrides or [])
-    manifests = regenerate_flow(config)
+    manifests = with_runner(regenerate_flow, config)(config)
     return sum(m.counts["samples"] for m in manifests)

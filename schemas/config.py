@@ -175,6 +175,17 @@ class DiscriminatorConfig(_Frozen):
     )
 
 
+class RunnerConfig(_Frozen):
+    """Where a flow's tasks run. ``thread``: threads of the flow's process; ``dask``: a Dask cluster through
+    ``prefect_dask.DaskTaskRunner`` — a LocalCluster of ``n_workers`` processes, or the scheduler at
+    ``address``. The runner never enters a cache key: results are the same on either."""
+
+    kind: Literal["thread", "dask"] = "thread"
+    address: str | None = Field(default=None, description="tcp://host:port of an existing Dask scheduler")
+    n_workers: int = Field(default=2, ge=1, description="LocalCluster worker processes (no address)")
+    threads_per_worker: int = Field(default=1, ge=1)
+
+
 class RunConfig(_Frozen):
     """Everything a run needs; its hash names the run folder."""
 
@@ -190,6 +201,7 @@ class RunConfig(_Frozen):
     discriminator: DiscriminatorConfig = DiscriminatorConfig()
     threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
     store: str = "runs"
+    runner: RunnerConfig = RunnerConfig()
 
     @field_validator("name")
     @classmethod
