@@ -13,7 +13,7 @@ from flows.regenerate import run_regenerate, run_support
 from schemas.config import RunConfig
 from schemas.manifests import Manifest
 from storage.priors import load_run_priors
-from tasks.common import artifact_key, record_completed, run_folder_lock, stage_options
+from tasks.common import GPU_TAG, artifact_key, record_completed, run_folder_lock, stage_options
 from tasks.evaluate import evaluate_key, evaluate_model
 from tasks.report import write_report
 from tasks.train import train_key, train_model
@@ -24,7 +24,7 @@ def run_train(config: RunConfig, support: Manifest, samples: list[Manifest]) -> 
     priors = load_run_priors(config)
     key = train_key(config, priors, support, samples)
     options = stage_options(config.store)
-    task = train_model.with_options(**options, task_run_name="train")
+    task = train_model.with_options(**options, task_run_name="train", tags=[GPU_TAG])
     return task.submit(config, priors, support, samples, key).result()
 
 
@@ -32,7 +32,7 @@ def run_evaluate(config: RunConfig, split: Manifest, model: Manifest) -> Manifes
     priors = load_run_priors(config)
     key = evaluate_key(config, split, model)
     options = stage_options(config.store)
-    task = evaluate_model.with_options(**options, task_run_name="evaluate")
+    task = evaluate_model.with_options(**options, task_run_name="evaluate", tags=[GPU_TAG])
     manifest = task.submit(config, priors, split, model, key).result()
     table = pl.read_parquet(Path(manifest.run_dir) / manifest.uris["metrics"])
     create_table_artifact(

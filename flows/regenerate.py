@@ -13,7 +13,7 @@ from schemas.config import RunConfig
 from schemas.manifests import Manifest
 from storage.layout import RunLayout
 from storage.priors import load_run_priors
-from tasks.common import artifact_key, record_completed, run_folder_lock, stage_options
+from tasks.common import artifact_key, gpu_tags, record_completed, run_folder_lock, stage_options
 from tasks.contact_sheet import write_contact_sheet
 from tasks.regenerate import category_key, regenerate_category
 from tasks.support import prepare_support, support_key
@@ -37,9 +37,10 @@ def run_regenerate(config: RunConfig, support: Manifest) -> list[Manifest]:
         description=f"regenerate: categories of {config.name} done",
     )
     futures = []
+    tags = gpu_tags(config)
     for name in priors.names:
         key = category_key(config, priors, name, support)
-        task = regenerate_category.with_options(**options, task_run_name=f"regenerate-{name}")
+        task = regenerate_category.with_options(**options, task_run_name=f"regenerate-{name}", tags=tags)
         futures.append(task.submit(config, priors, name, support, key))
     done = 0
     for _ in as_completed(futures):

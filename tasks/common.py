@@ -50,6 +50,16 @@ def record_completed(config: RunConfig, manifests: Sequence[Manifest]) -> None:
     write_completed(root, config.config_hash(), config.to_json(), stages)
 
 
+GPU_TAG = "gpu"  # `prefect concurrency-limit create gpu N`: at most N such task runs at once, on every worker
+
+
+def gpu_tags(config: RunConfig) -> list[str]:
+    """The ``gpu`` tag for regenerate when it runs a diffusion backend or the CLIP-region scorer."""
+    backend = config.synthesis.resolved_backend(config.setting)
+    gpu = backend in ("sd-inpaint", "brushnet") or config.selection.resolved_scorer(backend) == "clip-region"
+    return [GPU_TAG] if gpu else []
+
+
 def stage_options(store_root: str | Path) -> dict[str, Any]:
     """``Task.with_options`` keywords that keep a stage's cache inside its store.
 
