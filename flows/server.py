@@ -339,9 +339,9 @@ def private_server(home: Path | None = None, host: str = "127.0.0.1") -> Iterato
     try:
         yield f"http://{host}:{proc_port(proc)}/api"
     finally:
-        from prefect.logging.handlers import APILogHandler
+        from prefect.logging.handlers import APILogWorker
 
-        APILogHandler.flush()  # the run's last log lines, before the server goes
+        APILogWorker.drain_all(timeout=5)  # the run's last log lines, before the server goes
         stop_proc(proc)
 
 
