@@ -43,7 +43,7 @@ def run_evaluate(config: RunConfig, split: Manifest, model: Manifest) -> Manifes
         key=artifact_key(config, "metrics"),
         description=f"metrics (percent) of {config.name}",
     )
-    print(format_metrics_table(table))
+    print("metrics (percent) on the test split:\n" + format_metrics_table(table))
     return manifest
 
 

@@ -28,7 +28,8 @@ from storage.layout import RunLayout, provenance
 from storage.parquet import write_part
 from storage.reports import write_metrics_table
 from storage.split import read_split
-from tasks.common import cache_key
+from tasks.common import artifact_key, cache_key
+from tasks.progress import StageProgress
 from tasks.train import load_model
 from uniadc import metrics
 from uniadc.discriminator import predict
@@ -77,41 +78,43 @@ def evaluate_model(
     anomaly_maps = np.zeros((n, size, size), np.float32)
     class_maps = np.zeros((n, size, size), np.uint8)
     gt_maps = np.zeros((n, size, size), np.uint8)
-    for part, start in enumerate(range(0, n, CHUNK)):
-        chunk = rows.slice(start, CHUNK)
-        images, gt = load_test_chunk(chunk, size)
-        pred = predict(model, images, config.threshold)
-        stop = start + chunk.height
-        anomaly_maps[start:stop], class_maps[start:stop], gt_maps[start:stop] = (
-            pred.anomaly_maps,
-            pred.class_maps,
-            gt,
-        )
-        for j in range(chunk.height):
-            write_sample(
-                group,
-                start + j,
-                anomaly_maps=pred.anomaly_maps[j],
-                class_maps=pred.class_maps[j],
-                gt_class_maps=gt[j],
-                class_argmax=pred.class_argmax[j],
-                **({} if pred.reference_maps is None else {"reference_maps": pred.reference_maps[j]}),
+    with StageProgress(artifact_key(config, "evaluate-progress"), "evaluate", n, unit="img") as bar:
+        for part, start in enumerate(range(0, n, CHUNK)):
+            chunk = rows.slice(start, CHUNK)
+            images, gt = load_test_chunk(chunk, size)
+            pred = predict(model, images, config.threshold)
+            stop = start + chunk.height
+            anomaly_maps[start:stop], class_maps[start:stop], gt_maps[start:stop] = (
+                pred.anomaly_maps,
+                pred.class_maps,
+                gt,
             )
-        write_part(
-            out / "predictions",
-            part,
-            {
-                "image_id": chunk["image_id"].to_list(),
-                "label_name": chunk["label_name"].to_list(),
-                "label_index": chunk["label_index"].to_list(),
-                "image_score": pred.image_scores.tolist(),
-                "pred_index": pred.image_classes.tolist(),
-                "pred_name": [names[int(c)] for c in pred.image_classes],
-                "zarr_index": list(range(start, stop)),
-                "config_hash": [config.config_hash()] * chunk.height,
-            },
-            PREDICTIONS,
-        )
+            for j in range(chunk.height):
+                write_sample(
+                    group,
+                    start + j,
+                    anomaly_maps=pred.anomaly_maps[j],
+                    class_maps=pred.class_maps[j],
+                    gt_class_maps=gt[j],
+                    class_argmax=pred.class_argmax[j],
+                    **({} if pred.reference_maps is None else {"reference_maps": pred.reference_maps[j]}),
+                )
+            write_part(
+                out / "predictions",
+                part,
+                {
+                    "image_id": chunk["image_id"].to_list(),
+                    "label_name": chunk["label_name"].to_list(),
+                    "label_index": chunk["label_index"].to_list(),
+                    "image_score": pred.image_scores.tolist(),
+                    "pred_index": pred.image_classes.tolist(),
+                    "pred_name": [names[int(c)] for c in pred.image_classes],
+                    "zarr_index": list(range(start, stop)),
+                    "config_hash": [config.config_hash()] * chunk.height,
+                },
+                PREDICTIONS,
+            )
+            bar.update(stop)
     # Acc/mIoU are defined over the K known categories; an open-set "other" prediction counts as wrong.
     eval_classes = np.where(class_maps > k, 0, class_maps) if config.discriminator.open_set else class_maps
     labels = rows["label_index"].to_numpy().astype(np.int64)

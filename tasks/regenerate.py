@@ -26,7 +26,8 @@ from storage.arrays import create_group, open_group, read_samples, write_sample
 from storage.faults import crash_point
 from storage.layout import RunLayout, provenance
 from storage.parquet import read_parts, write_part
-from tasks.common import cache_key
+from tasks.common import artifact_key, cache_key
+from tasks.progress import StageProgress
 
 STAGE = "regenerate"
 STAGE_VERSION = "1"
@@ -193,34 +194,40 @@ def regenerate_category(
         select = _selector(config, prior, others, arrays, rows)
         source_ids = rows.filter(pl.col("label_index") == 0)["image_id"].to_list()
         config_hash = config.config_hash()
-        for start in range(0, len(todo), COMMIT_EVERY):
-            batch = todo[start : start + COMMIT_EVERY]
-            cols: dict[str, list] = {name: [] for name in SAMPLES.names}
-            for i in batch:
-                s = select(sample_rng(config.seed, category, i))
-                write_sample(
-                    group, i, images=s.image, masks=s.mask, class_masks=s.mask.astype(np.uint8) * label
-                )
-                crash_point("sample-written")
-                for name, value in (
-                    ("sample_id", f"{category}-{key[:12]}-{i:04d}"),
-                    ("run_id", config.name),
-                    ("category", category),
-                    ("label_index", label),
-                    ("split", "synthetic"),
-                    ("source_image_id", source_ids[s.source_index]),
-                    ("mask_type", s.mask_shape),
-                    ("mask_size", s.mask_size),
-                    ("seed", config.seed),
-                    ("noise_factor", s.noise_factor),
-                    ("selection_score", s.score),
-                    ("zarr_index", i),
-                    ("config_hash", config_hash),
-                    ("created_at", dt.datetime.now(dt.UTC)),
-                ):
-                    cols[name].append(value)
-            write_part(out / "samples", batch[0], cols, SAMPLES)
-            crash_point("part-committed")
+        label_text = f"regenerate-{category}"
+        with StageProgress(
+            artifact_key(config, f"{label_text}-progress"), label_text, n, unit="samples"
+        ) as bar:
+            bar.update(n - len(todo))
+            for start in range(0, len(todo), COMMIT_EVERY):
+                batch = todo[start : start + COMMIT_EVERY]
+                cols: dict[str, list] = {name: [] for name in SAMPLES.names}
+                for i in batch:
+                    s = select(sample_rng(config.seed, category, i))
+                    write_sample(
+                        group, i, images=s.image, masks=s.mask, class_masks=s.mask.astype(np.uint8) * label
+                    )
+                    crash_point("sample-written")
+                    bar.update(bar.done + 1)
+                    for name, value in (
+                        ("sample_id", f"{category}-{key[:12]}-{i:04d}"),
+                        ("run_id", config.name),
+                        ("category", category),
+                        ("label_index", label),
+                        ("split", "synthetic"),
+                        ("source_image_id", source_ids[s.source_index]),
+                        ("mask_type", s.mask_shape),
+                        ("mask_size", s.mask_size),
+                        ("seed", config.seed),
+                        ("noise_factor", s.noise_factor),
+                        ("selection_score", s.score),
+                        ("zarr_index", i),
+                        ("config_hash", config_hash),
+                        ("created_at", dt.datetime.now(dt.UTC)),
+                    ):
+                        cols[name].append(value)
+                write_part(out / "samples", batch[0], cols, SAMPLES)
+                crash_point("part-committed")
     rows_df = committed(out / "samples").sort("zarr_index")
     if rows_df["zarr_index"].to_list() != list(range(n)):
         raise RuntimeError(f"{out}: committed samples {rows_df['zarr_index'].to_list()} are not 0..{n - 1}")

@@ -25,7 +25,8 @@ from storage.arrays import open_group, read_samples
 from storage.checkpoints import load_discriminator, save_discriminator
 from storage.layout import RunLayout
 from storage.parquet import read_parts
-from tasks.common import cache_key
+from tasks.common import artifact_key, cache_key
+from tasks.progress import StageProgress
 from uniadc.augment import augment_with_views
 from uniadc.discriminator import Discriminator, TrainingData, build_discriminator, restore_discriminator
 from uniadc.discriminator import train_discriminator as fit
@@ -179,7 +180,15 @@ def train_model(
         config.image_size,
         config.seed,
     )
-    history = fit(model, data, config.discriminator, config.seed)
+    iterations = config.discriminator.iterations
+    with StageProgress(artifact_key(config, "train-progress"), "train", iterations, unit="it") as bar:
+        history = fit(
+            model,
+            data,
+            config.discriminator,
+            config.seed,
+            progress=lambda it, loss: bar.update(it, loss=loss),
+        )
     out = layout.stage_dir(STAGE, key) / "model.safetensors"
     save_discriminator(out, model, priors.names)
     digest = hashlib.sha256(Path(out).read_bytes()).hexdigest()
