@@ -235,10 +235,12 @@ def data_inspect(
     table.add_column("category")
     table.add_column("images", justify="right")
     table.add_column("mean defect area %", justify="right")
-    normal_name = "Free" if kind == "mtd" else "good"
-    for name, count in sorted(stats.counts.items(), key=lambda kv: (kv[0] == "good", kv[0])):
+    from storage.datasets import NORMAL
+
+    normal_name = f"{NORMAL} (MT_Free)" if kind == "mtd" else f"{NORMAL} (good)"
+    for name, count in sorted(stats.counts.items(), key=lambda kv: (kv[0] == NORMAL, kv[0])):
         frac = stats.defect_fraction.get(name)
-        shown = normal_name if name == "good" else name
+        shown = normal_name if name == NORMAL else name
         table.add_row(shown, str(count), f"{100 * sum(frac) / len(frac):.2f}" if frac else "-")
     console.print(table)
     console.print(f"{sum(stats.counts.values())} images; {stats.size_summary()}", highlight=False)

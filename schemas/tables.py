@@ -72,7 +72,35 @@ METRICS = pa.schema(
     ]
 )
 
+#: One row per defect category (plus ``normal`` first and ``mean`` last): uniadc.analysis.category_metrics.
+CATEGORY_METRICS = pa.schema(
+    [
+        ("image_class", pa.string()),
+        ("category", pa.string()),
+        ("i_auc", pa.float64()),
+        ("p_auc", pa.float64()),
+        ("pro", pa.float64()),
+        ("acc", pa.float64()),
+        ("iou", pa.float64()),
+        ("n_images", pa.int64()),
+    ]
+)
+
+#: Image-level confusion matrix in long form: one row per (true class, predicted class), zero counts included.
+CONFUSION = pa.schema(
+    [
+        ("image_class", pa.string()),
+        ("true_index", pa.int16()),
+        ("true_name", pa.string()),
+        ("pred_index", pa.int16()),
+        ("pred_name", pa.string()),
+        ("images", pa.int64()),
+    ]
+)
+
 TABLES: dict[str, pa.Schema] = {
+    "category_metrics": CATEGORY_METRICS,
+    "confusion": CONFUSION,
     "split": SPLIT,
     "samples": SAMPLES,
     "predictions": PREDICTIONS,

@@ -19,7 +19,8 @@ from pathlib import Path
 from storage.errors import DataError
 from storage.images import IMAGE_SUFFIXES
 
-NORMAL = "good"
+NORMAL = "normal"  # the label of normal images in every table (split, predictions, report)
+NORMAL_FOLDER = "good"  # MVTec-layout folder of normal images
 MTD_CLASS = "magnetic_tile"
 
 
@@ -31,7 +32,7 @@ class ImageRecord:
         image_id: stable id, the path relative to the image-class root without suffix.
         path: image file.
         image_class: the image class (MVTec sub-folder, ``magnetic_tile`` for MTD).
-        label_name: ``good`` for normal images, else the defect category.
+        label_name: ``normal`` for normal images, else the defect category.
         label_index: 0 for normal, 1..K for defect categories.
         mask_path: ground-truth mask file; None for normal images (their mask is all False).
         pool: ``train`` (normal support pool only: MVTec ``train/good``), ``test`` (test images; defects may also
@@ -74,18 +75,18 @@ def scan_mvtec(
         raise DataError(f"{base}: no such image class folder (found: {known})")
     test_dir = base / "test"
     defects = (
-        sorted(p.name for p in test_dir.iterdir() if p.is_dir() and p.name != NORMAL)
+        sorted(p.name for p in test_dir.iterdir() if p.is_dir() and p.name != NORMAL_FOLDER)
         if test_dir.is_dir()
         else []
     )
     index = _label_indices(defects, categories, test_dir)
     records = [
         ImageRecord(f"train/good/{p.stem}", str(p), image_class, NORMAL, 0, None, "train")
-        for p in _images_in(base / "train" / NORMAL)
+        for p in _images_in(base / "train" / NORMAL_FOLDER)
     ]
     records += [
         ImageRecord(f"test/good/{p.stem}", str(p), image_class, NORMAL, 0, None, "test")
-        for p in _images_in(test_dir / NORMAL)
+        for p in _images_in(test_dir / NORMAL_FOLDER)
     ]
     for defect in defects:
         for p in _images_in(test_dir / defect):

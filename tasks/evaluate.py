@@ -13,29 +13,34 @@ fitted tau, stored in the checkpoint). Nothing here looks at test statistics to 
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 from prefect import task
 
 from schemas.config import RunConfig
 from schemas.manifests import Manifest
 from schemas.priors import PriorsFile
-from schemas.tables import PREDICTIONS
+from schemas.tables import CATEGORY_METRICS, CONFUSION, PREDICTIONS
 from storage.arrays import create_group, write_sample
 from storage.evaluation import load_test_chunk
 from storage.layout import RunLayout, provenance
-from storage.parquet import write_part
+from storage.parquet import write_part, write_table_atomic
 from storage.reports import write_metrics_table
 from storage.split import read_split
 from tasks.common import artifact_key, cache_key
 from tasks.progress import StageProgress
 from tasks.train import load_model
 from uniadc import metrics
+from uniadc.analysis import category_metrics, confusion_matrix
 from uniadc.discriminator import predict
 
 STAGE = "evaluate"
-STAGE_VERSION = "2"
+STAGE_VERSION = "3"  # 3: metrics per category and the confusion matrix
+CATEGORY_FILE = "category_metrics.parquet"
+CONFUSION_FILE = "confusion.parquet"
 CHUNK = 64
 
 
@@ -78,12 +83,14 @@ def evaluate_model(
     anomaly_maps = np.zeros((n, size, size), np.float32)
     class_maps = np.zeros((n, size, size), np.uint8)
     gt_maps = np.zeros((n, size, size), np.uint8)
+    image_pred = np.zeros(n, np.int64)
     with StageProgress(artifact_key(config, "evaluate-progress"), "evaluate", n, unit="img") as bar:
         for part, start in enumerate(range(0, n, CHUNK)):
             chunk = rows.slice(start, CHUNK)
             images, gt = load_test_chunk(chunk, size)
             pred = predict(model, images, config.threshold)
             stop = start + chunk.height
+            image_pred[start:stop] = pred.image_classes
             anomaly_maps[start:stop], class_maps[start:stop], gt_maps[start:stop] = (
                 pred.anomaly_maps,
                 pred.class_maps,
@@ -119,8 +126,10 @@ def evaluate_model(
     eval_classes = np.where(class_maps > k, 0, class_maps) if config.discriminator.open_set else class_maps
     labels = rows["label_index"].to_numpy().astype(np.int64)
     result = metrics.evaluate(anomaly_maps, gt_maps, eval_classes, k, labels=labels)
-    table = metrics.metrics_table({config.dataset.image_class or "magnetic_tile": result})
+    image_class = config.dataset.image_class or "magnetic_tile"
+    table = metrics.metrics_table({image_class: result})
     write_metrics_table(table, out / "metrics.parquet")
+    write_breakdown(out, image_class, anomaly_maps, gt_maps, eval_classes, image_pred, labels, names, k)
     digest = hashlib.sha256(anomaly_maps.tobytes() + class_maps.tobytes()).hexdigest()
     return Manifest(
         stage=STAGE,
@@ -129,8 +138,41 @@ def evaluate_model(
             "zarr": str((out / "maps.zarr").relative_to(layout.root)),
             "predictions": str((out / "predictions").relative_to(layout.root)),
             "metrics": str((out / "metrics.parquet").relative_to(layout.root)),
+            "category_metrics": str((out / CATEGORY_FILE).relative_to(layout.root)),
+            "confusion": str((out / CONFUSION_FILE).relative_to(layout.root)),
         },
         counts={"test": n},
         content_hash=digest,
         cache_key=key,
     )
+
+
+def write_breakdown(
+    out: Path,
+    image_class: str,
+    anomaly_maps: np.ndarray,
+    gt_maps: np.ndarray,
+    eval_classes: np.ndarray,
+    image_pred: np.ndarray,
+    labels: np.ndarray,
+    names: list[str],
+    k: int,
+) -> None:
+    """``category_metrics.parquet`` (one row per category) and ``confusion.parquet`` (image level; columns
+    include ``other`` for an open-set model)."""
+    per_category = category_metrics(anomaly_maps, gt_maps, eval_classes, labels, names[: k + 1])
+    write_table_atomic(
+        pa.Table.from_pylist(
+            [{"image_class": image_class, **r} for r in per_category], schema=CATEGORY_METRICS
+        ),
+        out / CATEGORY_FILE,
+        CATEGORY_METRICS,
+    )
+    matrix = confusion_matrix(labels, image_pred, k + 1, len(names))
+    cells = [
+        {"image_class": image_class, "true_index": i, "true_name": names[i], "pred_index": j,
+         "pred_name": names[j], "images": int(matrix[i, j])}
+        for i in range(k + 1)
+        for j in range(len(names))
+    ]  # fmt: skip
+    write_table_atomic(pa.Table.from_pylist(cells, schema=CONFUSION), out / CONFUSION_FILE, CONFUSION)

@@ -19,10 +19,9 @@ from storage.files import write_text_atomic
 from storage.parquet import read_parts
 from storage.split import read_split
 from uniadc.metrics import METRIC_COLUMNS
-from uniadc.report import CategoryView, render_report
+from uniadc.report import SyntheticView, TestImageView, render_report, thumbnail
 
-SAMPLES_SHOWN = 6
-TESTS_SHOWN = 3
+CHUNK = 64
 
 
 @task(name="report")
@@ -37,41 +36,31 @@ def write_report(
 ) -> str:
     root = Path(evaluation.run_dir)
     metrics = pl.read_parquet(root / evaluation.uris["metrics"])
+    per_category = pl.read_parquet(root / evaluation.uris["category_metrics"]).to_dicts()
+    cells = pl.read_parquet(root / evaluation.uris["confusion"])
+    n_rows, n_cols = cells["true_index"].max() + 1, cells["pred_index"].max() + 1
+    confusion = np.zeros((n_rows, n_cols), np.int64)
+    confusion[cells["true_index"].to_numpy(), cells["pred_index"].to_numpy()] = cells["images"].to_numpy()
     split_rows = read_split(root / split.uris["split"]).select("image_id", "path", "mask_path")
     preds = (
         read_parts(root / evaluation.uris["predictions"]).sort("zarr_index").join(split_rows, on="image_id")
     )
     maps = open_group(root / evaluation.uris["zarr"])
     names = ["normal", *priors.names] + (["other"] if config.discriminator.open_set else [])
-    views = []
     by_name = {m.key: m for m in samples}
-    for index, prior in enumerate(priors.categories, start=1):
-        m = by_name[prior.name]
-        g = open_group(root / m.uris["zarr"])
-        shown = np.arange(min(SAMPLES_SHOWN, m.counts["samples"]))
-        test = preds.filter(pl.col("label_index") == index).head(TESTS_SHOWN)
-        views.append(
-            _view(
+    synthetic = []
+    for prior in priors.categories:
+        g = open_group(root / by_name[prior.name].uris["zarr"])
+        shown = np.arange(by_name[prior.name].counts["samples"])
+        synthetic.append(
+            SyntheticView(
                 prior.name,
-                index,
                 prior.descriptions[0],
-                read_samples(g, "images", shown),
-                read_samples(g, "masks", shown),
-                test,
-                maps,
-                config.image_size,
+                [thumbnail(x) for x in read_samples(g, "images", shown)],
+                [thumbnail(x.astype(np.uint8), nearest=True) > 0 for x in read_samples(g, "masks", shown)],
             )
         )
-    normal = _view(
-        "normal (test images without defects)",
-        0,
-        "",
-        np.zeros((0, 1, 1, 3), np.uint8),
-        np.zeros((0, 1, 1), bool),
-        preds.filter(pl.col("label_index") == 0).head(TESTS_SHOWN),
-        maps,
-        config.image_size,
-    )
+    tests, small_maps, small_masks = _test_items(preds, maps, config.image_size)
     backend = config.synthesis.resolved_backend(config.setting)
     summary = [
         ("dataset", f"{config.dataset.kind} at {config.dataset.root} / {config.dataset.image_class or ''}"),
@@ -104,9 +93,13 @@ def write_report(
         summary,
         ["image class", *METRIC_COLUMNS, "images"],
         rows,
-        views,
+        per_category,
+        confusion,
         names,
-        normal_examples=normal,
+        synthetic,
+        tests,
+        small_maps,
+        small_masks,
     )
     out = root / "report.html"
     write_text_atomic(out, page)
@@ -136,19 +129,32 @@ def _threshold_line(config: RunConfig, checkpoint) -> str:
     )
 
 
-def _view(
-    name, index, description, synthetic, synthetic_masks, test: pl.DataFrame, maps, size
-) -> CategoryView:
-    idx = test["zarr_index"].to_numpy()
-    images, _ = load_test_chunk(test, size)
-    return CategoryView(
-        name=name,
-        index=index,
-        description=description,
-        synthetic=synthetic,
-        synthetic_masks=synthetic_masks,
-        test_images=images,
-        test_gt=read_samples(maps, "gt_class_maps", idx),
-        test_pred=read_samples(maps, "class_maps", idx),
-        test_pred_names=test["pred_name"].to_list(),
-    )
+def _test_items(preds: pl.DataFrame, maps, size: int) -> tuple[list[TestImageView], np.ndarray, np.ndarray]:
+    """Every test image at thumbnail size (read in chunks, so a large test set never sits in memory at full
+    size), with the thumbnail anomaly maps and ground-truth masks for the PRO curve."""
+    items: list[TestImageView] = []
+    small_maps, small_masks = [], []
+    for start in range(0, preds.height, CHUNK):
+        chunk = preds.slice(start, CHUNK)
+        idx = chunk["zarr_index"].to_numpy()
+        images, _ = load_test_chunk(chunk, size)
+        gt = read_samples(maps, "gt_class_maps", idx)
+        anomaly = read_samples(maps, "anomaly_maps", idx)
+        classes = read_samples(maps, "class_maps", idx)
+        for j, row in enumerate(chunk.iter_rows(named=True)):
+            item = TestImageView(
+                image_id=row["image_id"],
+                true_index=int(row["label_index"]),
+                true_name=row["label_name"],
+                pred_index=int(row["pred_index"]),
+                pred_name=row["pred_name"],
+                score=float(row["image_score"]),
+                image=thumbnail(images[j]),
+                gt=thumbnail(gt[j], nearest=True),
+                anomaly=thumbnail(anomaly[j]),
+                classes=thumbnail(classes[j], nearest=True),
+            )
+            items.append(item)
+            small_maps.append(item.anomaly)
+            small_masks.append(item.gt > 0)
+    return items, np.stack(small_maps), np.stack(small_masks)

@@ -117,7 +117,7 @@ def test_inspect_mtd_counts():
         "Crack": 57,
         "Fray": 32,
         "Uneven": 103,
-        "Free": 952,
+        "normal (MT_Free)": 952,
     }.items():
         assert any(
             line.split("│")[1:3]

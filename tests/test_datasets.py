@@ -18,7 +18,7 @@ def test_mvtec_layout_uniform_view(tmp_path):
     assert len(recs) == 5 + 3 + 6
     dent = [r for r in recs if r.label_name == "dent"]
     assert {r.label_index for r in dent} == {1} and all(r.mask_path for r in dent)
-    assert all(r.mask_path is None and r.label_index == 0 for r in recs if r.label_name == "good")
+    assert all(r.mask_path is None and r.label_index == 0 for r in recs if r.label_name == "normal")
     # priors order decides label indices
     recs2 = scan_dataset("mvtec", root, "widget", categories=["scratch", "dent"])
     assert {r.label_index for r in recs2 if r.label_name == "dent"} == {2}
@@ -33,8 +33,8 @@ def test_mvtec_unknown_defect_folder(tmp_path):
 def test_mtd_layout(tmp_path):
     root = make_mtd(tmp_path)
     recs = scan_dataset("mtd", root)
-    assert sum(r.label_name == "good" for r in recs) == 6
-    assert {r.label_name for r in recs} == {"good", "Blowhole", "Crack"}
+    assert sum(r.label_name == "normal" for r in recs) == 6
+    assert {r.label_name for r in recs} == {"normal", "Blowhole", "Crack"}
     assert all(r.image_class == "magnetic_tile" for r in recs)
 
 

@@ -60,13 +60,20 @@ def test_pipeline_writes_every_stage_and_report(pipeline_run):
     for col in ("i_auc", "p_auc", "pro", "acc", "miou"):
         assert 0.0 <= metrics[col][0] <= 1.0
     preds = pl.read_parquet(str(root / manifests["evaluate"].uris["predictions"] / "*.parquet"))
-    assert preds.height == 9 and set(preds["label_name"]) == {"good", "scratch", "stain", "hole"}
+    assert preds.height == 9 and set(preds["label_name"]) == {"normal", "scratch", "stain", "hole"}
     maps = zarr.open_group(str(root / manifests["evaluate"].uris["zarr"]), mode="r")
     assert maps["anomaly_maps"].shape == (9, 64, 64)
     a = maps["anomaly_maps"][:]
     assert np.isfinite(a).all() and a.min() >= 0 and a.max() <= 1
+    per_category = pl.read_parquet(root / manifests["evaluate"].uris["category_metrics"])
+    assert per_category["category"].to_list() == ["normal", "scratch", "stain", "hole", "mean"]
+    assert per_category["n_images"].to_list() == [3, 2, 2, 2, 6]
+    confusion = pl.read_parquet(root / manifests["evaluate"].uris["confusion"])
+    assert confusion.height == 4 * 4 and confusion["images"].sum() == 9
+    assert set(confusion["true_name"]) == {"normal", "scratch", "stain", "hole"}
     report = (root / "report.html").read_text()
-    assert report.count("<img") >= 3 * 3 + 3 * 3 and "Metrics" in report
+    # every selected sample (3 per category) and every test image (4 pictures each), inlined
+    assert report.count("<img") == 3 * 3 + 9 * 4 and "Per category" in report and "Confusion matrix" in report
     assert (root / manifests["model"].uris["checkpoint"]).is_file()
     states = task_states(state)
     assert set(states.values()) == {"Completed"}

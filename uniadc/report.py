@@ -1,6 +1,8 @@
-"""A self-contained HTML page that explains a run: what was synthesised, what was predicted, how well.
+"""A self-contained HTML page that explains a run: how well per category, which defects it confuses, what
+was synthesised, and every test image worst first.
 
-Pure: takes arrays and tables, returns the HTML text (images inlined as base64 PNG).
+Pure: takes arrays and tables, returns the HTML text (images inlined as base64 PNG/JPEG, figures as SVG), so
+the file opens offline.
 """
 
 from __future__ import annotations
@@ -8,50 +10,101 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
-from uniadc.visualize import class_colour, colour_classes, draw_outline, overlay
+from uniadc.analysis import pr_curve, pro_curve, roc_curve
+from uniadc.analysis.svg import count_heatmap, line_plot
+from uniadc.visualize import class_colour, colour_classes, draw_outline, heatmap, overlay
+
+THUMB = 112
+OPEN_TEST_ITEMS = 24  # the worst ones shown at once; the rest in a collapsed section
 
 
 @dataclass(frozen=True)
-class CategoryView:
-    """What the report shows for one category.
-
-    Attributes:
-        name: category name; index: its class index (1..K).
-        description: the prior's first description.
-        synthetic: (n, H, W, 3) uint8 selected synthetic samples; synthetic_masks: (n, H, W) bool.
-        test_images: (m, H, W, 3) uint8 test images of this category; test_gt: (m, H, W) uint8 class maps;
-        test_pred: (m, H, W) uint8 predicted class maps; test_pred_names: predicted image class names.
-    """
+class SyntheticView:
+    """Selected synthetic samples of one category: (n, H, W, 3) uint8 images and (n, H, W) bool masks."""
 
     name: str
-    index: int
     description: str
-    synthetic: np.ndarray
-    synthetic_masks: np.ndarray
-    test_images: np.ndarray
-    test_gt: np.ndarray
-    test_pred: np.ndarray
-    test_pred_names: Sequence[str]
+    images: np.ndarray
+    masks: np.ndarray
 
 
-def _png(array: np.ndarray, size: int = 160) -> str:
+@dataclass(frozen=True)
+class TestImageView:
+    """One test image as the report shows it (arrays already at thumbnail size).
+
+    ``true_index``: 0 normal, k category, -1 several; ``pred_index``: the predicted image class.
+    """
+
+    image_id: str
+    true_index: int
+    true_name: str
+    pred_index: int
+    pred_name: str
+    score: float
+    image: np.ndarray
+    gt: np.ndarray
+    anomaly: np.ndarray
+    classes: np.ndarray
+
+
+def thumbnail(array: np.ndarray, size: int = THUMB, nearest: bool = False) -> np.ndarray:
+    """Resize an (H, W[, 3]) array so its width is ``size`` (nearest for label maps)."""
+    if array.dtype != np.uint8:
+        img = Image.fromarray(np.asarray(array, np.float32), mode="F")
+    else:
+        img = Image.fromarray(array)
+    if img.width != size:
+        h = max(1, round(size * img.height / img.width))
+        img = img.resize((size, h), Image.NEAREST if nearest else Image.BILINEAR)
+    return np.asarray(img)
+
+
+def outcome(item: TestImageView) -> tuple[int, str]:
+    """Rank (0 = worst) and name of a test image's outcome."""
+    if item.true_index != 0 and item.pred_index == 0:
+        return 0, "missed defect"
+    if item.true_index > 0 and item.pred_index != item.true_index:
+        return 1, "wrong class"
+    if item.true_index == 0 and item.pred_index != 0:
+        return 2, "false alarm"
+    return (3, "defect found") if item.true_index != 0 else (4, "normal, correct")
+
+
+def worst_first(items: Sequence[TestImageView]) -> list[TestImageView]:
+    """Missed defects (lowest score first), wrong classes, false alarms (highest score first), then correct."""
+
+    def key(item: TestImageView) -> tuple[int, float]:
+        rank, _ = outcome(item)
+        return rank, item.score if rank in (0, 4) else -item.score
+
+    return sorted(items, key=key)
+
+
+def _data_uri(array: np.ndarray, size: int, jpeg: bool = False) -> str:
     img = Image.fromarray(array)
     if img.width != size:
-        img = img.resize((size, round(size * img.height / img.width)), Image.NEAREST)
+        img = img.resize((size, max(1, round(size * img.height / img.width))), Image.NEAREST)
     buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    if jpeg:
+        img.convert("RGB").save(buf, format="JPEG", quality=85)
+        kind = "jpeg"
+    else:
+        img.save(buf, format="PNG", optimize=True)
+        kind = "png"
+    return f"data:image/{kind};base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def _img(array: np.ndarray, caption: str = "", size: int = 160) -> str:
+def _img(array: np.ndarray, caption: str = "", size: int = THUMB, jpeg: bool = False) -> str:
     cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
-    return f'<figure><img src="{_png(array, size)}" width="{size}">{cap}</figure>'
+    alt = html.escape(caption or "image")
+    return f'<figure><img src="{_data_uri(array, size, jpeg)}" width="{size}" alt="{alt}">{cap}</figure>'
 
 
 def _legend(names: Sequence[str]) -> str:
@@ -62,10 +115,147 @@ def _legend(names: Sequence[str]) -> str:
     return '<p class="legend">' + " &nbsp; ".join(items) + "</p>"
 
 
-def _table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+def _table(columns: Sequence[str], rows: Sequence[Sequence[object]], cls: str = "") -> str:
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    klass = f' class="{cls}"' if cls else ""
+    return f"<table{klass}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _pct(value: float) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}"
+
+
+def category_section(rows: Sequence[dict]) -> str:
+    columns = ["category", "I-AUC", "P-AUC", "PRO", "Acc (recall)", "IoU", "images"]
+    body = [
+        [r["category"], *(_pct(r[c]) for c in ("i_auc", "p_auc", "pro", "acc", "iou")), r["n_images"]]
+        for r in rows
+    ]
+    return (
+        "<h2>Per category (percent)</h2>"
+        + _table(columns, body, "per-category")
+        + "<p>Detection metrics of a category use the normal test images and that category's images only. "
+        "Acc (recall): share of the category's images whose image class is that category (for <em>normal</em>: "
+        "share of normal images called normal). IoU: pixel IoU of that class over all test images. "
+        "<em>mean</em>: unweighted over the defect categories.</p>"
+    )
+
+
+def confusion_section(matrix: np.ndarray, rows: Sequence[str], columns: Sequence[str]) -> str:
+    body = [[name, *(int(v) for v in matrix[i]), int(matrix[i].sum())] for i, name in enumerate(rows)]
+    body.append(["total", *(int(v) for v in matrix.sum(axis=0)), int(matrix.sum())])
+    return (
+        "<h2>Confusion matrix (images)</h2>"
+        + _table(["true \\ predicted", *columns, "total"], body, "confusion")
+        + count_heatmap(matrix, rows, columns, "image classes: true (rows) vs predicted (columns)")
+    )
+
+
+def curves_section(
+    scores: np.ndarray, is_defect: np.ndarray, anomaly_maps: np.ndarray, masks: np.ndarray
+) -> str:
+    """Image-level ROC and PR curves (exact) and the PRO curve up to FPR 0.3 (sampled)."""
+    figures = []
+    if is_defect.any() and not is_defect.all():
+        fpr, tpr, _ = roc_curve(scores, is_defect)
+        auc = float(np.trapezoid(tpr, fpr))
+        figures.append(
+            line_plot(
+                [(f"AUC {100 * auc:.1f}", fpr, tpr)],
+                "image ROC",
+                "false positive rate",
+                "true positive rate",
+                diagonal=True,
+            )  # fmt: skip
+        )
+        recall, precision, _ = pr_curve(scores, is_defect)
+        base = float(is_defect.mean())
+        figures.append(
+            line_plot(
+                [(f"defect share {100 * base:.0f} %", np.r_[0.0, recall], np.r_[1.0, precision])],
+                "image precision-recall",
+                "recall",
+                "precision",
+            )  # fmt: skip
+        )
+    if masks.any() and not masks.all():
+        fpr, overlap = pro_curve(anomaly_maps, masks)
+        figures.append(
+            line_plot(
+                [("PRO", fpr, overlap)],
+                "per-region overlap",
+                "false positive rate (pixels)",
+                "PRO",
+                xlim=(0.0, 0.3),
+            )  # fmt: skip
+        )
+    if not figures:
+        return ""
+    return "<h2>Curves</h2><div class='figs'>" + "".join(figures) + "</div>"
+
+
+def synthetic_section(views: Sequence[SyntheticView]) -> str:
+    parts = ["<h2>Selected synthetic training samples</h2><p>Red line: around the training mask.</p>"]
+    for v in views:
+        desc = f" — <em>{html.escape(v.description)}</em>" if v.description else ""
+        parts.append(
+            f"<details class='synthetic'><summary>{html.escape(v.name)}: {len(v.images)} samples{desc}</summary>"
+            "<div class='grid'>"
+        )
+        parts += [
+            _img(draw_outline(img, m, pad=max(2, img.shape[0] // 64)), jpeg=True)
+            for img, m in zip(v.images, v.masks, strict=True)
+        ]
+        parts.append("</div></details>")
+    return "".join(parts)
+
+
+def _test_row(item: TestImageView) -> str:
+    _, what = outcome(item)
+    head = (
+        f"<p class='item'><b>{html.escape(what)}</b>: {html.escape(item.image_id)} — true "
+        f"<b>{html.escape(item.true_name)}</b>, predicted <b>{html.escape(item.pred_name)}</b>, score "
+        f"{item.score:.3f}</p>"
+    )
+    return (
+        f"<div class='test {what.replace(' ', '-').replace(',', '')}'>{head}<div class='strip'>"
+        + _img(item.image, "image", jpeg=True)
+        + _img(colour_classes(item.gt), "ground truth")
+        + _img(heatmap(item.anomaly), "anomaly map", jpeg=True)
+        + _img(overlay(item.image, item.classes), "predicted classes", jpeg=True)
+        + "</div></div>"
+    )
+
+
+def tests_section(items: Sequence[TestImageView]) -> str:
+    ordered = worst_first(items)
+    counts: dict[str, int] = {}
+    for item in ordered:
+        counts[outcome(item)[1]] = counts.get(outcome(item)[1], 0) + 1
+    summary = ", ".join(f"{v} {k}" for k, v in counts.items())
+    shown, rest = ordered[:OPEN_TEST_ITEMS], ordered[OPEN_TEST_ITEMS:]
+    parts = [
+        f"<h2>Every test image, worst first</h2><p>{len(ordered)} images: {html.escape(summary)}.</p>",
+        *(_test_row(i) for i in shown),
+    ]
+    if rest:
+        parts.append(f"<details class='more-tests'><summary>the other {len(rest)} test images</summary>")
+        parts += [_test_row(i) for i in rest]
+        parts.append("</details>")
+    return "".join(parts)
+
+
+STYLE = (
+    "body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}table{border-collapse:collapse;"
+    "margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child{text-align:left}"
+    ".info td{text-align:left}"
+    "figure{display:inline-block;margin:3px;vertical-align:top}figcaption{font-size:11px;text-align:center}"
+    ".strip{white-space:nowrap;overflow-x:auto}.grid{display:flex;flex-wrap:wrap}.figs svg{margin:4px}"
+    ".sw{display:inline-block;width:14px;height:14px;margin-right:4px;vertical-align:middle;border:1px solid #888}"
+    ".item{margin:.6em 0 .1em}.missed-defect .item b:first-child,.false-alarm .item b:first-child,"
+    ".wrong-class .item b:first-child{color:#c00}details{margin:.4em 0}summary{cursor:pointer}"
+)
 
 
 def render_report(
@@ -73,67 +263,45 @@ def render_report(
     summary: Sequence[tuple[str, str]],
     metric_columns: Sequence[str],
     metric_rows: Sequence[Sequence[object]],
-    categories: Sequence[CategoryView],
+    category_rows: Sequence[dict],
+    confusion: np.ndarray,
     class_names: Sequence[str],
-    normal_examples: CategoryView | None = None,
+    synthetic: Sequence[SyntheticView],
+    tests: Sequence[TestImageView],
+    anomaly_maps: np.ndarray,
+    gt_masks: np.ndarray,
 ) -> str:
     """The whole page.
 
     Args:
-        title: page title.
-        summary: (label, value) lines describing the run (dataset, setting, support, backends, threshold, ...).
-        metric_columns, metric_rows: the metrics table, already formatted.
-        categories: one view per defect category.
-        class_names: names by class index (0 = normal).
-        normal_examples: optional view of normal test images (its synthetic arrays may be empty).
+        title: page title; summary: (label, value) lines describing the run.
+        metric_columns, metric_rows: the summary metrics table, already formatted.
+        category_rows: rows of :func:`uniadc.analysis.category_metrics` (fractions).
+        confusion: image counts, rows = true class 0..K, columns = predicted class (``class_names`` order).
+        class_names: names by class index (0 = normal; ``other`` last for an open-set model).
+        synthetic: the selected samples of every category; tests: every test image.
+        anomaly_maps, gt_masks: ``(N, H, W)`` maps and bool ground truth of every test image (PRO curve).
     """
+    scores = np.array([t.score for t in tests], np.float64)
+    is_defect = np.array([t.true_index != 0 for t in tests], bool)
     parts = [
         f"<h1>{html.escape(title)}</h1>",
-        _table(["", ""], summary).replace("<thead><tr><th></th><th></th></tr></thead>", ""),
-    ]
-    parts += [
+        _table(["", ""], summary, "info").replace("<thead><tr><th></th><th></th></tr></thead>", ""),
         "<h2>Metrics (percent)</h2>",
-        _table(metric_columns, metric_rows),
+        _table(metric_columns, metric_rows, "summary"),
         "<p>I-AUC: image-level ROC AUC of the max of the anomaly map. P-AUC: pixel-level ROC AUC. PRO: area "
         "under the per-region overlap curve up to FPR 0.3, divided by 0.3. Acc: image class = category with "
         "the largest predicted area (normal if no pixel passes the threshold). mIoU: per-class IoU of the "
         "pixel class map, normal included, averaged.</p>",
+        category_section(category_rows),
+        confusion_section(confusion, class_names[: confusion.shape[0]], class_names[: confusion.shape[1]]),
+        curves_section(scores, is_defect, anomaly_maps, gt_masks),
         "<h2>Class colours</h2>",
         _legend(class_names),
+        synthetic_section(synthetic),
+        tests_section(tests),
     ]
-    for view in list(categories) + ([normal_examples] if normal_examples is not None else []):
-        parts.append(f"<h2>{html.escape(view.name)}</h2>")
-        if view.description:
-            parts.append(f"<p>Prior: <em>{html.escape(view.description)}</em></p>")
-        if len(view.synthetic):
-            parts.append(
-                "<h3>Synthetic training samples (red line: around the training mask)</h3><div class='strip'>"
-            )
-            parts += [
-                _img(draw_outline(img, m, pad=max(2, img.shape[0] // 64)))
-                for img, m in zip(view.synthetic, view.synthetic_masks, strict=True)
-            ]
-            parts.append("</div>")
-        if len(view.test_images):
-            parts.append("<h3>Test predictions: image | ground truth | predicted classes</h3>")
-            for img, gt, pred, name in zip(
-                view.test_images, view.test_gt, view.test_pred, view.test_pred_names, strict=True
-            ):
-                parts.append(
-                    "<div class='strip'>"
-                    + _img(img, "image")
-                    + _img(colour_classes(gt), "ground truth")
-                    + _img(overlay(img, pred), f"predicted: {name}")
-                    + "</div>"
-                )
-    style = (
-        "body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}figure{display:inline-block;margin:3px}"
-        "figcaption{font-size:12px;text-align:center}.strip{white-space:nowrap;overflow-x:auto}"
-        ".sw{display:inline-block;width:14px;height:14px;margin-right:4px;vertical-align:middle;"
-        "border:1px solid #888}"
-    )
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{style}</style></head><body>{''.join(parts)}</body></html>"
+        f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>"
     )
