@@ -19,7 +19,7 @@ from storage.files import write_text_atomic
 from storage.parquet import read_parts
 from storage.split import read_split
 from uniadc.metrics import METRIC_COLUMNS
-from uniadc.report import SyntheticView, TestImageView, render_report, thumbnail
+from uniadc.report import SyntheticView, ImageView, render_report, thumbnail
 
 CHUNK = 64
 
@@ -129,10 +129,10 @@ def _threshold_line(config: RunConfig, checkpoint) -> str:
     )
 
 
-def _test_items(preds: pl.DataFrame, maps, size: int) -> tuple[list[TestImageView], np.ndarray, np.ndarray]:
+def _test_items(preds: pl.DataFrame, maps, size: int) -> tuple[list[ImageView], np.ndarray, np.ndarray]:
     """Every test image at thumbnail size (read in chunks, so a large test set never sits in memory at full
     size), with the thumbnail anomaly maps and ground-truth masks for the PRO curve."""
-    items: list[TestImageView] = []
+    items: list[ImageView] = []
     small_maps, small_masks = [], []
     for start in range(0, preds.height, CHUNK):
         chunk = preds.slice(start, CHUNK)
@@ -142,7 +142,7 @@ def _test_items(preds: pl.DataFrame, maps, size: int) -> tuple[list[TestImageVie
         anomaly = read_samples(maps, "anomaly_maps", idx)
         classes = read_samples(maps, "class_maps", idx)
         for j, row in enumerate(chunk.iter_rows(named=True)):
-            item = TestImageView(
+            item = ImageView(
                 image_id=row["image_id"],
                 true_index=int(row["label_index"]),
                 true_name=row["label_name"],

@@ -9,7 +9,7 @@ import pytest
 
 from uniadc.analysis import category_metrics, confusion_matrix, pr_curve, pro_curve, roc_curve
 from uniadc.metrics import pro, roc_auc
-from uniadc.report import TestImageView, outcome, render_report, worst_first
+from uniadc.report import ImageView, outcome, render_report, worst_first
 
 
 def _scene():
@@ -71,7 +71,7 @@ def test_curves_agree_with_the_exact_metrics():
 
 def _item(i, true, pred, score):
     z = np.zeros((8, 8), np.uint8)
-    return TestImageView(f"img{i}", true, f"c{true}", pred, f"c{pred}", score, np.zeros((8, 8, 3), np.uint8), z,
+    return ImageView(f"img{i}", true, f"c{true}", pred, f"c{pred}", score, np.zeros((8, 8, 3), np.uint8), z,
                     np.zeros((8, 8), np.float32), z)  # fmt: skip
 
 

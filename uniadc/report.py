@@ -36,7 +36,7 @@ class SyntheticView:
 
 
 @dataclass(frozen=True)
-class TestImageView:
+class ImageView:
     """One test image as the report shows it (arrays already at thumbnail size).
 
     ``true_index``: 0 normal, k category, -1 several; ``pred_index``: the predicted image class.
@@ -66,7 +66,7 @@ def thumbnail(array: np.ndarray, size: int = THUMB, nearest: bool = False) -> np
     return np.asarray(img)
 
 
-def outcome(item: TestImageView) -> tuple[int, str]:
+def outcome(item: ImageView) -> tuple[int, str]:
     """Rank (0 = worst) and name of a test image's outcome."""
     if item.true_index != 0 and item.pred_index == 0:
         return 0, "missed defect"
@@ -77,10 +77,10 @@ def outcome(item: TestImageView) -> tuple[int, str]:
     return (3, "defect found") if item.true_index != 0 else (4, "normal, correct")
 
 
-def worst_first(items: Sequence[TestImageView]) -> list[TestImageView]:
+def worst_first(items: Sequence[ImageView]) -> list[ImageView]:
     """Missed defects (lowest score first), wrong classes, false alarms (highest score first), then correct."""
 
-    def key(item: TestImageView) -> tuple[int, float]:
+    def key(item: ImageView) -> tuple[int, float]:
         rank, _ = outcome(item)
         return rank, item.score if rank in (0, 4) else -item.score
 
@@ -211,7 +211,7 @@ def synthetic_section(views: Sequence[SyntheticView]) -> str:
     return "".join(parts)
 
 
-def _test_row(item: TestImageView) -> str:
+def _test_row(item: ImageView) -> str:
     _, what = outcome(item)
     head = (
         f"<p class='item'><b>{html.escape(what)}</b>: {html.escape(item.image_id)} — true "
@@ -228,7 +228,7 @@ def _test_row(item: TestImageView) -> str:
     )
 
 
-def tests_section(items: Sequence[TestImageView]) -> str:
+def tests_section(items: Sequence[ImageView]) -> str:
     ordered = worst_first(items)
     counts: dict[str, int] = {}
     for item in ordered:
@@ -267,7 +267,7 @@ def render_report(
     confusion: np.ndarray,
     class_names: Sequence[str],
     synthetic: Sequence[SyntheticView],
-    tests: Sequence[TestImageView],
+    tests: Sequence[ImageView],
     anomaly_maps: np.ndarray,
     gt_masks: np.ndarray,
 ) -> str:
