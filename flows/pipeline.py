@@ -9,10 +9,11 @@ from prefect import flow
 from prefect.artifacts import create_table_artifact
 
 from flows.data import run_split
-from flows.regenerate import run_regenerate, run_support
+from flows.regenerate import contact_sheet_path, run_regenerate, run_support
 from schemas.config import RunConfig
 from schemas.manifests import Manifest
 from storage.priors import load_run_priors
+from tasks.artifacts import publish_summary
 from tasks.common import GPU_TAG, artifact_key, record_completed, run_folder_lock, stage_options
 from tasks.evaluate import evaluate_key, evaluate_model
 from tasks.report import write_report
@@ -84,6 +85,7 @@ def pipeline_flow(config: RunConfig) -> dict[str, Manifest]:
         report = write_report.with_options(task_run_name="report")(
             config, load_run_priors(config), split, support, samples, model, evaluation
         )
+        publish_summary(config, split, evaluation, report, str(contact_sheet_path(config)))
         print(f"report: {report}")
         return {
             "split": split,

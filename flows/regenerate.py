@@ -13,6 +13,7 @@ from schemas.config import RunConfig
 from schemas.manifests import Manifest
 from storage.layout import RunLayout
 from storage.priors import load_run_priors
+from tasks.artifacts import publish_samples
 from tasks.common import artifact_key, gpu_tags, record_completed, run_folder_lock, stage_options
 from tasks.contact_sheet import write_contact_sheet
 from tasks.regenerate import category_key, regenerate_category
@@ -60,6 +61,7 @@ def run_regenerate(config: RunConfig, support: Manifest) -> list[Manifest]:
         key=artifact_key(config, "samples"),
         description=f"selected synthetic samples of {config.name}",
     )
+    publish_samples(config, manifests)
     # the stage that owns the samples draws them, so every flow that regenerates keeps the sheet current
     write_contact_sheet.with_options(task_run_name="contact-sheet")(
         manifests, str(contact_sheet_path(config))

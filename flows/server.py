@@ -309,6 +309,12 @@ def start_server(
     env = _env(home, PREFECT_SERVER_DATABASE_CONNECTION_URL=database_url)
     env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)
     env.pop("PREFECT_API_URL", None)
+    # the UI is told its API address by settings, not by --port: without these it calls :4200 whatever the port
+    env.update(
+        PREFECT_SERVER_API_HOST=host,
+        PREFECT_SERVER_API_PORT=str(port),
+        PREFECT_UI_API_URL=f"http://{host}:{port}/api",
+    )
     if log_level:  # INFO adds uvicorn's access log: one line per request with its status code
         env["PREFECT_SERVER_LOGGING_LEVEL"] = log_level
     log = state_dir(home) / log_name

@@ -19,7 +19,7 @@ from storage.files import write_text_atomic
 from storage.parquet import read_parts
 from storage.split import read_split
 from uniadc.metrics import METRIC_COLUMNS
-from uniadc.report import SyntheticView, ImageView, render_report, thumbnail
+from uniadc.report import ImageView, SyntheticView, render_report, thumbnail
 
 CHUNK = 64
 

@@ -93,9 +93,19 @@ def test_pipeline_artifacts_have_stable_keys(pipeline_run):
             found = await client.read_artifacts(
                 artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_="tiny-"))
             )
-            return {a.key for a in found}
+            return {a.key: a for a in found}
 
-    assert {"tiny-metrics", "tiny-samples", "tiny-regenerate-progress"} <= asyncio.run(keys())
+    found = asyncio.run(keys())
+    assert {
+        "tiny-metrics", "tiny-samples", "tiny-regenerate-progress", "tiny-summary", "tiny-samples-scratch",
+        "tiny-samples-stain", "tiny-samples-hole", "tiny-train-progress", "tiny-evaluate-progress",
+        "tiny-regenerate-scratch-progress",
+    } <= set(found)  # fmt: skip
+    assert found["tiny-train-progress"].data == 100.0 and found["tiny-evaluate-progress"].data == 100.0
+    summary = found["tiny-summary"].data
+    for needle in ("## Per category", "## Confusion matrix", "report.html", "![contact sheet](data:image/jpeg"):
+        assert needle in summary, needle
+    assert summary.count("data:image/jpeg;base64,") == 1 + 4  # contact sheet + the four worst predictions
 
 
 def test_pipeline_rerun_is_fully_cached(pipeline_run):

@@ -87,7 +87,7 @@ def worst_first(items: Sequence[ImageView]) -> list[ImageView]:
     return sorted(items, key=key)
 
 
-def _data_uri(array: np.ndarray, size: int, jpeg: bool = False) -> str:
+def data_uri(array: np.ndarray, size: int, jpeg: bool = False) -> str:
     img = Image.fromarray(array)
     if img.width != size:
         img = img.resize((size, max(1, round(size * img.height / img.width))), Image.NEAREST)
@@ -104,7 +104,7 @@ def _data_uri(array: np.ndarray, size: int, jpeg: bool = False) -> str:
 def _img(array: np.ndarray, caption: str = "", size: int = THUMB, jpeg: bool = False) -> str:
     cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
     alt = html.escape(caption or "image")
-    return f'<figure><img src="{_data_uri(array, size, jpeg)}" width="{size}" alt="{alt}">{cap}</figure>'
+    return f'<figure><img src="{data_uri(array, size, jpeg)}" width="{size}" alt="{alt}">{cap}</figure>'
 
 
 def _legend(names: Sequence[str]) -> str:
