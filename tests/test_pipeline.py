@@ -103,7 +103,12 @@ def test_pipeline_artifacts_have_stable_keys(pipeline_run):
     } <= set(found)  # fmt: skip
     assert found["tiny-train-progress"].data == 100.0 and found["tiny-evaluate-progress"].data == 100.0
     summary = found["tiny-summary"].data
-    for needle in ("## Per category", "## Confusion matrix", "report.html", "![contact sheet](data:image/jpeg"):
+    for needle in (
+        "## Per category",
+        "## Confusion matrix",
+        "report.html",
+        "![contact sheet](data:image/jpeg",
+    ):
         assert needle in summary, needle
     assert summary.count("data:image/jpeg;base64,") == 1 + 4  # contact sheet + the four worst predictions
 
