@@ -11,6 +11,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 180
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
+export HF_HUB_DISABLE_PROGRESS_BARS := 1
 
 DEMO_ROOT ?= demo_data
 DEMO_STORE ?= runs/demo
@@ -32,7 +33,7 @@ setup: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/uniadc data demo --root $(DEMO_ROOT)
-	$(BIN)/uniadc priors validate priors $(DEMO_ROOT)
+	$(BIN)/uniadc priors validate $(DEMO_ROOT)
 	$(BIN)/uniadc data inspect --kind demo --root $(DEMO_ROOT) --image-class brick
 	$(BIN)/uniadc run --config configs/demo.yaml --store $(DEMO_STORE)
 	@echo "report: $(DEMO_STORE)/demo-brick/report.html   contact sheet: $(DEMO_STORE)/demo-brick/contact_sheet.png"

@@ -15,6 +15,7 @@ for _key, _value in (
     ("DO_NOT_TRACK", "1"),
     ("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90"),
     ("HF_HUB_OFFLINE", "1"),
+    ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),  # transformers' "Loading weights" bars: noise between our own bars
 ):
     os.environ.setdefault(_key, _value)
 
@@ -271,7 +272,15 @@ def data_demo(
         console.print(f"demo dataset already at {root} (use --force to rebuild)")
         return
     summary = build_demo_dataset(root, seed=seed)
-    console.print(f"demo dataset written to {root}: {summary}", highlight=False)
+    folders = list(next(iter(summary["classes"].values())))
+    table = Table(title=f"demo dataset written to {root} ({summary['image_size']} px, seed {summary['seed']})")
+    table.add_column("image class")
+    for folder in folders:
+        table.add_column(folder, justify="right")
+    for cls, counts in summary["classes"].items():
+        table.add_row(cls, *(str(counts[f]) for f in folders))
+    console.print(table)
+    console.print(f"{summary['n_images']} images, {summary['n_masks']} masks", highlight=False)
 
 
 StoreOpt = Annotated[Path | None, typer.Option("--store", help="output store folder (overrides the config)")]

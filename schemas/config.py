@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -250,14 +251,52 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], source: str) -> 
     return data
 
 
+PATH_KEYS = (
+    ("dataset", "root"),
+    ("dataset", "priors"),
+    (None, "store"),
+    ("synthesis.diffusion", "pipeline_path"),
+    ("synthesis.diffusion", "brushnet_path"),
+    ("synthesis.diffusion", "brushnet_random_mask_path"),
+    ("selection", "clip_weights"),
+    ("selection", "alpha_clip_weights"),
+    ("discriminator", "clip_weights"),
+)
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+    """Make every relative path of :data:`PATH_KEYS` in raw config ``data`` absolute against ``base``."""
+    for section, key in PATH_KEYS:
+        node: Any = data
+        for part in section.split(".") if section else []:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and isinstance(node.get(key), str) and node[key]:
+            node[key] = str((base / Path(node[key]).expanduser()).resolve())
+
+
+def _override_source(source: str, overrides: list[str] | None) -> Callable[[str], str]:
+    """field path -> ``--set key=value`` when an override set it (or a section above it), else the file."""
+    keys = [(item.split("=", 1)[0].strip(), item) for item in overrides or [] if "=" in item]
+
+    def source_of(loc: str) -> str:
+        for key, item in reversed(keys):  # the last override of a key wins
+            if loc == key or loc.startswith(key + ".") or key.startswith(loc + "."):
+                return f"--set {item}"
+        return source
+
+    return source_of
+
+
 def load_run_config(
     path: str | Path | None, overrides: list[str] | None = None, data: dict[str, Any] | None = None
 ) -> RunConfig:
     """Read a run YAML (or raw ``data``), apply overrides, validate.
 
-    Relative paths (``dataset.root``, ``dataset.priors``, ``store`` and every weights path) are resolved against
-    the current working directory (the repository root for the shipped configs and the Makefile) and stored
-    absolute, so every task of a run, in any process, sees the same folders.
+    Relative paths (``dataset.root``, ``dataset.priors``, ``store`` and every weights path) written in the config
+    file are resolved against the file's folder, as users of config files expect; relative paths given as
+    overrides (``--set``, ``--store``) against the current directory, where they were typed. Raw ``data`` with
+    no file resolves against the current directory. All are stored absolute, so every task of a run, in any
+    process, sees the same folders.
     """
     source = str(path) if path is not None else "<config>"
     if data is None:
@@ -272,23 +311,14 @@ def load_run_config(
             raise ConfigError(f"{p}: not valid YAML: {exc}".replace("\n", " ")) from exc
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: expected a mapping at the top level")
+    base = Path(path).expanduser().resolve().parent if path is not None else Path.cwd()
+    data = json.loads(json.dumps(data))  # never change the caller's dict
+    _resolve_paths(data, base)  # the file's own relative paths: against its folder
     data = apply_overrides(data, list(overrides or []), source)
-    ds, syn, sel, disc = (data.get(k) for k in ("dataset", "synthesis", "selection", "discriminator"))
-    diff = syn.get("diffusion") if isinstance(syn, dict) else None
-    for node, key in (
-        (ds, "root"),
-        (ds, "priors"),
-        (data, "store"),
-        (diff, "pipeline_path"),
-        (diff, "brushnet_path"),
-        (diff, "brushnet_random_mask_path"),
-        (sel, "clip_weights"),
-        (sel, "alpha_clip_weights"),
-        (disc, "clip_weights"),
-    ):
-        if isinstance(node, dict) and isinstance(node.get(key), str) and node[key]:
-            node[key] = str(Path(node[key]).expanduser().resolve())
+    _resolve_paths(data, Path.cwd())  # what --set / --store gave: against the folder the command ran in
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(source, exc)) from exc
+        raise ConfigError(
+            format_validation_error(source, exc, source_of=_override_source(source, overrides))
+        ) from exc

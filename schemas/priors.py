@@ -10,6 +10,7 @@ cannot read free text.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -158,8 +159,11 @@ class PriorsError(ValueError):
     """A priors file that cannot be used; the message names the file, the field and the value."""
 
 
-def format_validation_error(source: str, error: ValidationError, data: object = None) -> str:
-    """One line per problem: ``source: field.path: message (got value)``."""
+def format_validation_error(
+    source: str, error: ValidationError, data: object = None, source_of: Callable[[str], str] | None = None
+) -> str:
+    """One line per problem: ``source: field.path: message (got value)``; ``source_of(field.path)``, when
+    given, names the source of each field (the config file, or the ``--set`` override that set it)."""
     lines = []
     errors = error.errors()
     failed_inside = {o["loc"][:k] for o in errors for k in range(len(o["loc"]))}
@@ -170,7 +174,8 @@ def format_validation_error(source: str, error: ValidationError, data: object = 
         loc = ".".join(_loc_part(p, data) for p in item["loc"]) or "<root>"
         got = item.get("input")
         shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
-        lines.append(f"{source}: {loc}: {item['msg']}{shown}")
+        where = source_of(loc) if source_of is not None else source
+        lines.append(f"{where}: {loc}: {item['msg']}{shown}")
     return "; ".join(lines)
 
 

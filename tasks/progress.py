@@ -112,10 +112,12 @@ class StageProgress:
     def __enter__(self) -> StageProgress:
         try:
             from prefect.artifacts import create_progress_artifact
+            from prefect.context import FlowRunContext, TaskRunContext
 
-            self._artifact = create_progress_artifact(
-                0.0, key=self.key, description=f"{self.label}: starting"
-            )
+            if FlowRunContext.get() or TaskRunContext.get():  # artifacts belong to a run
+                self._artifact = create_progress_artifact(
+                    0.0, key=self.key, description=f"{self.label}: starting"
+                )
         except Exception:  # noqa: BLE001 - no API (a library call outside a flow): terminal and log only
             self._artifact = None
         self._bar = _acquire_bar()

@@ -74,7 +74,7 @@ def test_overrides_validated_like_the_file(tmp_path):
     f.write_text("dataset: {kind: mtd, root: data}\n")
     cfg = load_run_config(f, ["k_normal=4", "synthesis.noise_factors=[0.5]", "discriminator.iterations=10"])
     assert cfg.k_normal == 4 and cfg.synthesis.noise_factors == (0.5,) and cfg.discriminator.iterations == 10
-    assert cfg.dataset.root == str(Path("data").resolve())
+    assert cfg.dataset.root == str(tmp_path / "data")  # relative to the config file
     with pytest.raises(ConfigError, match=r"synthesis\.bogus"):
         load_run_config(f, ["synthesis.bogus=1"])
     with pytest.raises(ConfigError, match=r"k_normal.*'zero'"):
@@ -88,3 +88,28 @@ def test_overrides_validated_like_the_file(tmp_path):
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="no such config file"):
         load_run_config(tmp_path / "nope.yaml")
+
+
+def test_relative_paths_resolve_against_the_config_file_and_overrides_against_cwd(tmp_path, monkeypatch):
+    from schemas.config import load_run_config
+
+    folder = tmp_path / "project" / "configs"
+    folder.mkdir(parents=True)
+    cfg_file = folder / "run.yaml"
+    cfg_file.write_text(
+        "dataset: {kind: demo, root: ../data, image_class: brick, priors: my-priors.yaml}\nstore: ../runs\n"
+        "selection: {clip_weights: ~/w.bin}\n"
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = load_run_config(cfg_file)
+    assert cfg.dataset.root == str(tmp_path / "project" / "data")
+    assert cfg.dataset.priors == str(folder / "my-priors.yaml")
+    assert cfg.store == str(tmp_path / "project" / "runs")
+    assert cfg.selection.clip_weights == str(Path("~/w.bin").expanduser())
+    cfg = load_run_config(cfg_file, ["store=out", "dataset.root=/abs/data"])
+    assert cfg.store == str(elsewhere / "out") and cfg.dataset.root == "/abs/data"
+    raw = {"dataset": {"kind": "demo", "root": "rel"}}
+    assert load_run_config(None, data=raw).dataset.root == str(elsewhere / "rel")
+    assert raw["dataset"]["root"] == "rel"  # the caller's dict is left alone
