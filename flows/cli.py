@@ -273,7 +273,9 @@ def data_demo(
         return
     summary = build_demo_dataset(root, seed=seed)
     folders = list(next(iter(summary["classes"].values())))
-    table = Table(title=f"demo dataset written to {root} ({summary['image_size']} px, seed {summary['seed']})")
+    table = Table(
+        title=f"demo dataset written to {root} ({summary['image_size']} px, seed {summary['seed']})"
+    )
     table.add_column("image class")
     for folder in folders:
         table.add_column(folder, justify="right")
