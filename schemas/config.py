@@ -30,7 +30,8 @@ class DatasetSource(_Frozen):
             ``demo`` (the generated demo dataset, MVTec layout).
         root: dataset root folder, relative paths resolved against the config file's folder.
         image_class: the image class (MVTec sub-folder); MTD has a single class, ``magnetic_tile``.
-        priors: priors YAML; default ``priors/<kind>/<image_class>.yaml`` in the repository
+        priors: priors YAML; default ``<root>/<image_class>/priors.yaml`` when the dataset has one, else
+            ``priors/<kind>/<image_class>.yaml`` in the repository
             (the demo dataset writes its own next to its images).
     """
 

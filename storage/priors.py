@@ -12,12 +12,14 @@ REPO_PRIORS = Path(__file__).resolve().parent.parent / "priors"
 
 
 def priors_path(config: RunConfig) -> Path:
-    """``dataset.priors`` when set; else the demo's own file or ``priors/<kind>/<image_class>.yaml``."""
+    """``dataset.priors`` when set; else ``<root>/<image_class>/priors.yaml`` when the dataset carries one (the
+    demo always does); else the shipped ``priors/<kind>/<image_class>.yaml``."""
     ds = config.dataset
     if ds.priors:
         return Path(ds.priors)
-    if ds.kind == "demo":
-        return Path(ds.root) / str(ds.image_class) / "priors.yaml"
+    own = Path(ds.root) / str(ds.image_class) / "priors.yaml"
+    if ds.kind == "demo" or (ds.kind == "mvtec" and own.is_file()):
+        return own
     if ds.kind == "mtd":
         return REPO_PRIORS / "mtd" / f"{MTD_CLASS}.yaml"
     return REPO_PRIORS / "mvtec" / f"{ds.image_class}.yaml"

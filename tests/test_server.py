@@ -172,7 +172,8 @@ def test_sqlite_server_deploys_prefect_yaml_with_absolute_paths(tmp_path):
     try:
         r = _cli(["server", "start", "--port", str(server.free_port()), "--workers", "1"], home)
         assert r.returncode == 0, r.stdout + r.stderr
-        assert "deployed: regenerate-from-file/nightly-regenerate-demo" in r.stdout
+        assert "regenerate-from-file/nightly-regenerate-demo" in r.stdout
+        assert "regenerate-all/nightly-regenerate-mvtec-all" in r.stdout
         state = server.read_state(home)
         from prefect.client.orchestration import PrefectClient
 
