@@ -208,3 +208,57 @@ def test_dask_runner_matches_the_thread_runner(tmp_path, tiny):
     a, b = samples_digest(tmp_path / "dask" / "load"), samples_digest(tmp_path / "thread" / "load")
     assert len(a) == 3 and a == b
     assert "distributed.nanny" not in r.stderr  # Dask's INFO chatter stays out of the console
+
+
+@pytest.mark.slow
+def test_gpu_tag_limit_of_one_serialises_gpu_tasks_across_runs(tmp_path, tiny, monkeypatch):
+    """`prefect concurrency-limit create gpu 1`, two pipeline runs at once: the gpu-tagged task runs (train,
+    evaluate) never overlap, while the untagged stages are free to."""
+    from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterTags
+
+    monkeypatch.setenv(
+        "PREFECT_SERVER_TASKS_TAG_CONCURRENCY_SLOT_WAIT_SECONDS", "1"
+    )  # retry a slot every 1 s
+    home = tmp_path / "home"
+    proc = server.start_server(
+        home, "127.0.0.1", server.free_port(), server.resolve_database("sqlite", None, home)
+    )
+    api = f"http://127.0.0.1:{server.proc_port(proc)}/api"
+    try:
+
+        async def limit():
+            async with PrefectClient(api=api) as client:
+                await client.create_concurrency_limit(tag="gpu", concurrency_limit=1)
+
+        asyncio.run(limit())
+        env = {**_env(home), "PREFECT_API_URL": api}
+        tiny_model = ["--set", "discriminator.backbone=tiny", "--set", "discriminator.text_encoder=tiny",
+                      "--set", "discriminator.iterations=40", "--set", "discriminator.batch_size=4",
+                      "--set", "discriminator.fusion_dim=16"]  # fmt: skip
+        runs = [
+            subprocess.Popen([*UNIADC, "run", "-c", str(tiny), "--store", str(tmp_path / f"s{i}"), *tiny_model],
+                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            for i in range(2)
+        ]  # fmt: skip
+        for p in runs:
+            _, stderr = p.communicate(timeout=600)
+            assert p.returncode == 0, stderr[-3000:]
+
+        async def gpu_runs():
+            async with PrefectClient(api=api) as client:
+                return await client.read_task_runs(
+                    task_run_filter=TaskRunFilter(tags=TaskRunFilterTags(all_=["gpu"]))
+                )
+
+        tagged = sorted(asyncio.run(gpu_runs()), key=lambda r: r.start_time)
+        assert sorted(r.name for r in tagged) == ["evaluate", "evaluate", "train", "train"]
+        for before, after in zip(tagged, tagged[1:], strict=False):
+            assert after.start_time >= before.end_time, (
+                before.name,
+                before.end_time,
+                after.name,
+                after.start_time,
+            )
+    finally:
+        server.stop_proc(proc)
