@@ -175,6 +175,10 @@ def preflight(config: RunConfig) -> None:
     if not Path(config.dataset.root).is_dir():
         raise DataError(f"dataset.root: {config.dataset.root}: no such folder")
     priors = load_run_priors(config)
+    if config.support.foreground == "onnx":
+        from uniadc.foreground import check_onnx_model
+
+        check_onnx_model(config.support.foreground_onnx, "support.foreground_onnx")
     backend = config.synthesis.resolved_backend(config.setting)
     if backend in ("sd-inpaint", "brushnet"):
         from uniadc.synthesis.diffusion import check_weights

