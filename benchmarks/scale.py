@@ -11,10 +11,8 @@ Usage: ``python benchmarks/scale.py [--samples 16] [--repeats 2]``.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -26,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
 
 from flows import server  # noqa: E402
-from storage.layout import git_sha, package_versions  # noqa: E402
+from storage.layout import benchmark_meta  # noqa: E402
 from storage.store_check import samples_digest  # noqa: E402
 
 
@@ -78,13 +76,7 @@ def main() -> None:
     n = 3 * args.samples
     best = {k: min(v) for k, v in walls.items()}
     identical = len({json.dumps(d, sort_keys=True) for d in digests.values()}) == 1
-    meta = {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d"),
-        "commit": git_sha(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "command": "python benchmarks/scale.py " + " ".join(sys.argv[1:]),
-        "versions": package_versions(),
-    }
+    meta = benchmark_meta("benchmarks/scale.py", sys.argv[1:])
     ratio = best["dask (2 processes)"] / best["thread"]
     md = "\n".join([
         "# Thread vs Dask runner (demo regenerate)",

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import json
 import re
 import sys
@@ -33,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
 
 from flows import server  # noqa: E402
-from storage.layout import git_sha, package_versions  # noqa: E402
+from storage.layout import benchmark_meta  # noqa: E402
 
 DEPLOYMENT = "regenerate-from-file/load"
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
@@ -340,15 +339,7 @@ def main() -> None:
             row = measure(backend, work, config, args.runs, args.workers, args.limit, dask=not args.no_dask)
             print(json.dumps(row, indent=1, default=str))
             rows.append(row)
-    import platform
-
-    meta = {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d"),
-        "commit": git_sha(),
-        "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores",
-        "command": "python benchmarks/server_load.py " + " ".join(sys.argv[1:]),
-        "versions": package_versions(),
-    }
+    meta = benchmark_meta("benchmarks/server_load.py", sys.argv[1:])
     md = markdown(rows, meta)
     print(md)
     if not args.no_write:

@@ -110,6 +110,20 @@ def git_sha() -> str:
         return "unknown"
 
 
+def benchmark_meta(script: str, argv: list[str]) -> dict:
+    """What a benchmark result records about its run: date (UTC), commit, machine, command, versions."""
+    import datetime as dt
+    import os
+
+    return {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d"),
+        "commit": git_sha(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "command": " ".join(["python", script, *argv]).strip(),
+        "versions": package_versions(),
+    }
+
+
 def provenance(config_json: str, extra: dict | None = None) -> dict:
     """Attributes recorded on every Zarr group and Parquet store of a run."""
     return {"config": config_json, "versions": package_versions(), "git_sha": git_sha(), **(extra or {})}
