@@ -27,7 +27,8 @@ class DatasetSource(_Frozen):
 
     Attributes:
         kind: folder layout: ``mvtec`` (MVTec AD and its re-packs), ``mtd`` (raw Magnetic Tile Defect) or
-            ``demo`` (the generated demo dataset, MVTec layout).
+            ``demo`` (the generated demo dataset, MVTec layout) or ``uniadc_jsonl`` (the official UniADC
+            repository's ``samples/{train,test}_<category>.jsonl`` files under ``root``).
         root: dataset root folder, relative paths resolved against the config file's folder.
         image_class: the image class (MVTec sub-folder); MTD has a single class, ``magnetic_tile``.
         priors: priors YAML; default ``<root>/<image_class>/priors.yaml`` when the dataset has one, else
@@ -35,7 +36,7 @@ class DatasetSource(_Frozen):
             (the demo dataset writes its own next to its images).
     """
 
-    kind: Literal["mvtec", "mtd", "demo"]
+    kind: Literal["mvtec", "mtd", "demo", "uniadc_jsonl"]
     root: str
     image_class: str | None = None
     priors: str | None = None

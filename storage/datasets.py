@@ -156,8 +156,16 @@ def scan_dataset(
                 f"dataset.image_class: MTD has one image class {MTD_CLASS!r}, got {image_class!r}"
             )
         records = scan_mtd(root, categories)
+    elif kind == "uniadc_jsonl":
+        if not image_class:
+            raise DataError(
+                f"dataset.image_class: required for kind {kind!r} (the category of the JSONL files)"
+            )
+        from storage.jsonl_dataset import scan_uniadc_jsonl
+
+        records = scan_uniadc_jsonl(root, image_class, categories)
     else:
-        raise DataError(f"dataset.kind: unknown layout {kind!r} (known: mvtec, mtd, demo)")
+        raise DataError(f"dataset.kind: unknown layout {kind!r} (known: mvtec, mtd, demo, uniadc_jsonl)")
     records = sorted(records, key=lambda r: r.image_id)
     for a, b in zip(records, records[1:], strict=False):
         if a.image_id == b.image_id:

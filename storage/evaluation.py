@@ -21,5 +21,6 @@ def load_test_chunk(rows: pl.DataFrame, size: int) -> tuple[np.ndarray, np.ndarr
         images[i] = resize_image(image, size)
         if row["mask_path"]:
             mask = resize_mask(read_mask(row["mask_path"], expected_hw=image.shape[:2]), size)
-            gt[i] = mask.astype(np.uint8) * row["label_index"]
+            # label -1 (several categories, e.g. MVTec-FS "combined") counts for detection only: any class will do
+            gt[i] = mask.astype(np.uint8) * max(int(row["label_index"]), 1)
     return images, gt

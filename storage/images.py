@@ -54,15 +54,16 @@ def read_image(path: str | Path) -> np.ndarray:
 
 
 def read_mask(path: str | Path, expected_hw: tuple[int, int] | None = None) -> np.ndarray:
-    """Decode a mask file; returns (H, W) bool (pixel > 127 in its first channel / luminance)."""
+    """Decode a mask file; returns (H, W) bool: pixel > 127 in its first channel / luminance, or any non-zero
+    pixel when the mask holds no value above 127 (class-label masks, values 1..K)."""
     img = _open(Path(path))
     arr = np.asarray(img.convert("L") if img.mode not in ("L", "1", "I;16", "I") else img)
     if arr.dtype == bool:
         mask = arr
     elif arr.dtype.itemsize > 1:
         mask = arr > 127 * 257
-    else:
-        mask = arr > 127
+    else:  # 0/255 masks: above mid-grey; label-valued masks (official UniADC format, values 1..K): non-zero
+        mask = arr > 127 if arr.size and arr.max() > 127 else arr > 0
     if expected_hw is not None and mask.shape != tuple(expected_hw):
         raise DataError(
             f"{path}: mask size {mask.shape[1]}x{mask.shape[0]} differs from its image "

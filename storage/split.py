@@ -49,7 +49,9 @@ def draw_split(records: Sequence[ImageRecord], config: RunConfig) -> dict[str, s
     normal_pool = [r for r in records if r.label_index == 0 and r.pool in ("train", "any")]
     need = 1 if config.setting == "full_shot" else config.k_normal
     if len(normal_pool) < need:
-        where = "MT_Free/Imgs" if config.dataset.kind == "mtd" else f"{config.dataset.image_class}/train/good"
+        where = {"mtd": "MT_Free/Imgs", "uniadc_jsonl": f"samples/train_{config.dataset.image_class}.jsonl"}.get(
+            config.dataset.kind, f"{config.dataset.image_class}/train/good"
+        )
         raise DataError(
             f"k_normal: {need} normal support images asked for, the pool "
             f"({Path(config.dataset.root) / where}) has {len(normal_pool)}"
@@ -63,7 +65,15 @@ def draw_split(records: Sequence[ImageRecord], config: RunConfig) -> dict[str, s
         labels = sorted({r.label_name for r in records if r.label_index > 0})
         for label in labels:
             pool = [r for r in records if r.label_name == label]
-            if len(pool) <= config.k_anomaly:
+            own = [r for r in pool if r.pool == "train"]  # defect support images of the dataset's own (JSONL)
+            if own:
+                if len(own) < config.k_anomaly:
+                    raise DataError(
+                        f"k_anomaly: {config.k_anomaly} support images of {label!r} asked for, the training "
+                        f"split has {len(own)}"
+                    )
+                pool = own
+            elif len(pool) <= config.k_anomaly:
                 raise DataError(
                     f"k_anomaly: {config.k_anomaly} support images of {label!r} asked for, it has "
                     f"{len(pool)} (at least one must stay for testing)"
