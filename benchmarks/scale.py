@@ -54,10 +54,9 @@ def main() -> None:
         work = Path(tmp)
         build_demo_dataset(work / "data", image_classes=("brick",))
         home = work / "home"
-        proc = server.start_server(
-            home, "127.0.0.1", server.free_port(), server.resolve_database("sqlite", None, home)
-        )
-        api = f"http://127.0.0.1:{server.proc_port(proc)}/api"
+        port = server.free_port()
+        proc = server.start_server(home, "127.0.0.1", port, server.resolve_database("sqlite", None, home))
+        api = f"http://127.0.0.1:{port}/api"
         variants = {
             "thread": [],
             "dask (2 processes)": ["--set", "runner.kind=dask", "--set", "runner.n_workers=2"],

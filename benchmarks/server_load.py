@@ -63,22 +63,7 @@ def tiny_dataset(work: Path) -> Path:
 
 def fresh_postgres(url: str) -> None:
     """Drop and recreate the benchmark's database so both backends start empty."""
-    from sqlalchemy.engine import make_url
-
-    parsed = make_url(url)
-
-    async def drop() -> None:
-        import asyncpg
-
-        conn = await asyncpg.connect(
-            host=parsed.host, port=parsed.port or 5432, user=parsed.username, database="postgres"
-        )
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
-    asyncio.run(drop())
+    server.drop_postgres_database(url)
     server.ensure_postgres_database(url)
 
 

@@ -151,9 +151,9 @@ def resolve_database(database: str, url: str | None, home: Path) -> str:
     return url
 
 
-def ensure_postgres_database(url: str) -> bool:
-    """Create the URL's database when missing (connecting to the server's ``postgres`` database); True when
-    created."""
+def _on_maintenance_db(url: str, statement) -> Any:
+    """Run ``await statement(conn, database_name)`` on the URL's server, connected to its ``postgres``
+    database; an unreachable server or a bad database name is a one-line :class:`ServerError`."""
     from sqlalchemy.engine import make_url
 
     parsed = make_url(url)
@@ -161,32 +161,49 @@ def ensure_postgres_database(url: str) -> bool:
     if not _DB_NAME.match(name):
         raise ServerError(f"--database-url: database name {name!r} must match {_DB_NAME.pattern}")
 
-    async def create() -> bool:
+    async def run() -> Any:
         import asyncpg
 
-        where = f"{parsed.host or '127.0.0.1'}:{parsed.port or 5432}"
+        host, port = parsed.host or "127.0.0.1", parsed.port or 5432
         try:
             conn = await asyncpg.connect(
-                host=parsed.host or "127.0.0.1",
-                port=parsed.port or 5432,
-                user=parsed.username or "postgres",
-                password=parsed.password,
-                database="postgres",
-                timeout=10,
-            )
+                host=host, port=port, user=parsed.username or "postgres", password=parsed.password,
+                database="postgres", timeout=10,
+            )  # fmt: skip
         except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
-            raise ServerError(f"--database-url: cannot reach PostgreSQL at {where}: {exc}") from exc
+            raise ServerError(f"--database-url: cannot reach PostgreSQL at {host}:{port}: {exc}") from exc
         try:
-            if await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
-                return False
-            await conn.execute(f'CREATE DATABASE "{name}"')
-            return True
-        except asyncpg.DuplicateDatabaseError:
-            return False
+            return await statement(conn, name)
         finally:
             await conn.close()
 
-    return asyncio.run(create())
+    return asyncio.run(run())
+
+
+def ensure_postgres_database(url: str) -> bool:
+    """Create the URL's database when missing; True when created."""
+
+    async def create(conn, name: str) -> bool:
+        import asyncpg
+
+        if await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            return False
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        except asyncpg.DuplicateDatabaseError:  # created meanwhile by another start
+            return False
+        return True
+
+    return _on_maintenance_db(url, create)
+
+
+def drop_postgres_database(url: str) -> None:
+    """Drop the URL's database if it exists, closing its connections (benchmarks and tests start empty)."""
+
+    async def drop(conn, name: str) -> None:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    _on_maintenance_db(url, drop)
 
 
 def postgres_reachable(url: str = DEFAULT_POSTGRES_URL, timeout: float = 1.0) -> bool:
@@ -339,21 +356,17 @@ def private_server(home: Path | None = None, host: str = "127.0.0.1") -> Iterato
     """A server on a free port over PREFECT_HOME's SQLite database for the length of one run (what a Dask run
     needs when none is up: in ephemeral mode every Dask worker would start a server of its own)."""
     home = (home or prefect_home()).resolve()
+    port = free_port(host)
     proc = start_server(
-        home, host, free_port(host), resolve_database("sqlite", None, home), log_name="private-server.log"
+        home, host, port, resolve_database("sqlite", None, home), log_name="private-server.log"
     )
     try:
-        yield f"http://{host}:{proc_port(proc)}/api"
+        yield f"http://{host}:{port}/api"
     finally:
         from prefect.logging.handlers import APILogWorker
 
         APILogWorker.drain_all(timeout=5)  # the run's last log lines, before the server goes
         stop_proc(proc)
-
-
-def proc_port(proc: Proc) -> int:
-    args = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
-    return int(args[args.index(b"--port") + 1])
 
 
 def ensure_pool(api_url: str, pool: str) -> bool:

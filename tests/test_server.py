@@ -33,25 +33,6 @@ def _cli(args: list[str], home: Path, timeout: float = 600) -> subprocess.Comple
     )
 
 
-def _drop_database(url: str) -> None:
-    from sqlalchemy.engine import make_url
-
-    parsed = make_url(url)
-
-    async def drop() -> None:
-        import asyncpg
-
-        conn = await asyncpg.connect(
-            host=parsed.host, port=parsed.port, user=parsed.username, database="postgres"
-        )
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
-    asyncio.run(drop())
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
     from benchmarks.server_load import tiny_dataset
@@ -163,7 +144,7 @@ def test_postgres_server_start_report_load_and_stop(tmp_path, tiny):
         assert not server.api_healthy(state.api_url)
     finally:
         _cli(["server", "stop"], home)
-        _drop_database(url)
+        server.drop_postgres_database(url)
 
 
 @pytest.mark.slow
@@ -221,10 +202,9 @@ def test_gpu_tag_limit_of_one_serialises_gpu_tasks_across_runs(tmp_path, tiny, m
         "PREFECT_SERVER_TASKS_TAG_CONCURRENCY_SLOT_WAIT_SECONDS", "1"
     )  # retry a slot every 1 s
     home = tmp_path / "home"
-    proc = server.start_server(
-        home, "127.0.0.1", server.free_port(), server.resolve_database("sqlite", None, home)
-    )
-    api = f"http://127.0.0.1:{server.proc_port(proc)}/api"
+    port = server.free_port()
+    proc = server.start_server(home, "127.0.0.1", port, server.resolve_database("sqlite", None, home))
+    api = f"http://127.0.0.1:{port}/api"
     try:
 
         async def limit():
