@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -46,3 +47,13 @@ def read_metrics_table(path: str | Path) -> pl.DataFrame:
     if not arrow.schema.equals(METRICS):
         raise ValueError(f"{path} does not hold the METRICS schema: {arrow.schema}")
     return pl.from_arrow(arrow)
+
+
+def read_confusion(path: str | Path) -> tuple[np.ndarray, list[str], list[str]]:
+    """``confusion.parquet`` (long form) -> (counts (true classes, predicted classes), row names, column names)."""
+    cells = pl.read_parquet(path)
+    rows = cells.select("true_index", "true_name").unique().sort("true_index")
+    cols = cells.select("pred_index", "pred_name").unique().sort("pred_index")
+    matrix = np.zeros((rows.height, cols.height), np.int64)
+    matrix[cells["true_index"].to_numpy(), cells["pred_index"].to_numpy()] = cells["images"].to_numpy()
+    return matrix, rows["true_name"].to_list(), cols["pred_name"].to_list()

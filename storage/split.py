@@ -49,9 +49,10 @@ def draw_split(records: Sequence[ImageRecord], config: RunConfig) -> dict[str, s
     normal_pool = [r for r in records if r.label_index == 0 and r.pool in ("train", "any")]
     need = 1 if config.setting == "full_shot" else config.k_normal
     if len(normal_pool) < need:
-        where = {"mtd": "MT_Free/Imgs", "uniadc_jsonl": f"samples/train_{config.dataset.image_class}.jsonl"}.get(
-            config.dataset.kind, f"{config.dataset.image_class}/train/good"
-        )
+        where = {
+            "mtd": "MT_Free/Imgs",
+            "uniadc_jsonl": f"samples/train_{config.dataset.image_class}.jsonl",
+        }.get(config.dataset.kind, f"{config.dataset.image_class}/train/good")
         raise DataError(
             f"k_normal: {need} normal support images asked for, the pool "
             f"({Path(config.dataset.root) / where}) has {len(normal_pool)}"

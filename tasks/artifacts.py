@@ -17,6 +17,7 @@ from schemas.manifests import Manifest
 from storage.arrays import open_group, read_samples
 from storage.evaluation import load_test_chunk
 from storage.parquet import read_parts
+from storage.reports import read_confusion
 from storage.split import read_split
 from tasks.common import artifact_key
 from uniadc.metrics import METRIC_COLUMNS
@@ -103,14 +104,8 @@ def publish_summary(
     root = Path(evaluation.run_dir)
     table = pl.read_parquet(root / evaluation.uris["metrics"])
     per_cat = pl.read_parquet(root / evaluation.uris["category_metrics"])
-    cells = pl.read_parquet(root / evaluation.uris["confusion"])
-    cols = cells.filter(pl.col("true_index") == 0).sort("pred_index")["pred_name"].to_list()
-    confusion = [
-        [name, *cells.filter(pl.col("true_index") == i).sort("pred_index")["images"].to_list()]
-        for i, name in enumerate(
-            cells.filter(pl.col("pred_index") == 0).sort("true_index")["true_name"].to_list()
-        )
-    ]
+    matrix, true_names, cols = read_confusion(root / evaluation.uris["confusion"])
+    confusion = [[name, *matrix[i].tolist()] for i, name in enumerate(true_names)]
     parts = [
         f"# {config.name}: {config.setting}, {evaluation.counts['test']} test images",
         "## Metrics (percent)",

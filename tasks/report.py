@@ -17,6 +17,7 @@ from storage.checkpoints import reference_calibration
 from storage.evaluation import load_test_chunk
 from storage.files import write_text_atomic
 from storage.parquet import read_parts
+from storage.reports import read_confusion
 from storage.split import read_split
 from uniadc.metrics import METRIC_COLUMNS
 from uniadc.report import ImageView, SyntheticView, render_report, thumbnail
@@ -37,10 +38,7 @@ def write_report(
     root = Path(evaluation.run_dir)
     metrics = pl.read_parquet(root / evaluation.uris["metrics"])
     per_category = pl.read_parquet(root / evaluation.uris["category_metrics"]).to_dicts()
-    cells = pl.read_parquet(root / evaluation.uris["confusion"])
-    n_rows, n_cols = cells["true_index"].max() + 1, cells["pred_index"].max() + 1
-    confusion = np.zeros((n_rows, n_cols), np.int64)
-    confusion[cells["true_index"].to_numpy(), cells["pred_index"].to_numpy()] = cells["images"].to_numpy()
+    confusion, _, _ = read_confusion(root / evaluation.uris["confusion"])
     split_rows = read_split(root / split.uris["split"]).select("image_id", "path", "mask_path")
     preds = (
         read_parts(root / evaluation.uris["predictions"]).sort("zarr_index").join(split_rows, on="image_id")
