@@ -191,6 +191,9 @@ def preflight(config: RunConfig) -> None:
     from uniadc.discriminator.clip import check_clip_weights
 
     check_clip_weights(config.discriminator)
+    from uniadc.discriminator.dinov3 import check_dino_weights
+
+    check_dino_weights(config.discriminator)
     check_writable(RunLayout.for_config(config.store, config.name).root)
     records = scan_dataset(config.dataset.kind, config.dataset.root, config.dataset.image_class, priors.names)
     draw_split(records, config)

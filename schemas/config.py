@@ -142,10 +142,21 @@ class SelectionConfig(_Frozen):
 class DiscriminatorConfig(_Frozen):
     """The multi-task discriminator (paper §3.4) and its training schedule."""
 
-    backbone: Literal["effnet-lite0", "clip", "tiny"] = "effnet-lite0"
-    text_encoder: Literal["minilm", "clip", "tiny"] = "minilm"
+    backbone: Literal["effnet-lite0", "clip", "dinov3", "tiny"] = "effnet-lite0"
+    text_encoder: Literal["minilm", "clip", "dinotxt", "tiny"] = "minilm"
     clip_model: str = "ViT-B-16"
     clip_weights: str | None = None
+    dinov3_weights: str | None = Field(
+        default=None, description="local transformers DINOv3ViTModel folder (backbone: dinov3)"
+    )
+    dinotxt_weights: str | None = Field(
+        default=None, description="local dino.txt checkpoint file with the text tower (text_encoder: dinotxt)"
+    )
+    text_fallback: Literal["none", "minilm", "clip"] = Field(
+        default="none",
+        description="text encoder used when text_encoder is dinotxt and dinotxt_weights is not set; none = "
+        "a config error",
+    )
     fusion_dim: int = Field(default=64, ge=8, description="fusion width; 128 trains ~2x slower on CPU")
     open_set: bool = False
     iterations: int = Field(default=250, ge=1)
@@ -176,6 +187,21 @@ class DiscriminatorConfig(_Frozen):
         "normal support view fires; balanced = best separation of normal views and synthetic defects "
         "(uniadc.reference.calibration)",
     )
+
+    @model_validator(mode="after")
+    def _dinotxt_needs_weights_or_fallback(self) -> DiscriminatorConfig:
+        if self.text_encoder == "dinotxt" and not self.dinotxt_weights and self.text_fallback == "none":
+            raise ValueError(
+                "discriminator.dinotxt_weights: not set with text_encoder dinotxt; give the local dino.txt "
+                "checkpoint or set discriminator.text_fallback: minilm | clip"
+            )
+        return self
+
+    def resolved_text_encoder(self) -> str:
+        """The text encoder that runs: dinotxt without weights falls back to ``text_fallback``."""
+        if self.text_encoder == "dinotxt" and not self.dinotxt_weights:
+            return self.text_fallback
+        return self.text_encoder
 
 
 class SupportConfig(_Frozen):
@@ -302,6 +328,8 @@ PATH_KEYS = (
     ("selection", "clip_weights"),
     ("selection", "alpha_clip_weights"),
     ("discriminator", "clip_weights"),
+    ("discriminator", "dinov3_weights"),
+    ("discriminator", "dinotxt_weights"),
     ("support", "foreground_onnx"),
 )
 

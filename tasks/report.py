@@ -76,7 +76,7 @@ def write_report(
         ),
         (
             "discriminator",
-            f"{config.discriminator.backbone} + {config.discriminator.text_encoder}, "
+            f"{config.discriminator.backbone} + {_text_encoder_line(config)}, "
             f"{model.counts['iterations']} iterations, last iteration kept",
         ),
         ("threshold", _threshold_line(config, root / model.uris["checkpoint"])),
@@ -102,6 +102,12 @@ def write_report(
     out = root / "report.html"
     write_text_atomic(out, page)
     return str(out)
+
+
+def _text_encoder_line(config: RunConfig) -> str:
+    d = config.discriminator
+    used = d.resolved_text_encoder()
+    return used if used == d.text_encoder else f"{used} (fallback: {d.text_encoder} has no weights)"
 
 
 def _threshold_line(config: RunConfig, checkpoint) -> str:

@@ -54,7 +54,7 @@ def check_clip_weights(config: DiscriminatorConfig) -> None:
         check_weights_folder,
     )
 
-    if "clip" not in (config.backbone, config.text_encoder) or config.clip_model == TINY_CLIP:
+    if "clip" not in (config.backbone, config.resolved_text_encoder()) or config.clip_model == TINY_CLIP:
         return
     key = "discriminator.clip_weights"
     if config.clip_weights is None:

