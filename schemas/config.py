@@ -31,6 +31,7 @@ class DatasetSource(_Frozen):
             repository's ``samples/{train,test}_<category>.jsonl`` files under ``root``).
         root: dataset root folder, relative paths resolved against the config file's folder.
         image_class: the image class (MVTec sub-folder); MTD has a single class, ``magnetic_tile``.
+        resize, tile_overlap: image geometry (see the field descriptions and docs/images.md).
         priors: priors YAML; default ``<root>/<image_class>/priors.yaml`` when the dataset has one, else
             ``priors/<kind>/<image_class>.yaml`` in the repository
             (the demo dataset writes its own next to its images).
@@ -40,6 +41,13 @@ class DatasetSource(_Frozen):
     root: str
     image_class: str | None = None
     priors: str | None = None
+    resize: Literal["auto", "squash", "pad", "tile"] = Field(
+        default="auto",
+        description="how images meet the square image_size: squash = resize to the square; pad = keep the "
+        "aspect ratio (letterbox; padding left out of the metrics); tile = overlapping image_size windows, "
+        "maps stitched back; auto = pad for images more elongated than 1:1.5, squash for the rest",
+    )
+    tile_overlap: float = Field(default=0.25, ge=0.0, le=0.9, description="resize tile: window overlap")
 
     @field_validator("image_class")
     @classmethod

@@ -1,26 +1,25 @@
-"""Reading test images and their ground truth at run resolution."""
+"""Reading test images and their ground truth at their own size (the geometry is the caller's)."""
 
 from __future__ import annotations
 
 import numpy as np
 import polars as pl
 
-from storage.images import read_image, read_mask, resize_image, resize_mask
+from storage.images import read_image, read_mask
 
 
-def load_test_chunk(rows: pl.DataFrame, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Split rows -> images (n, S, S, 3) uint8 and ground-truth class maps (n, S, S) uint8.
+def read_test_chunk(rows: pl.DataFrame) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Split rows -> [(image (H, W, 3) uint8, ground-truth class map (H, W) uint8)] at each image's size.
 
-    Masks are checked against their image's size, resized by nearest neighbour and multiplied by the row's
-    label index (0 normal, k category k).
+    Masks are checked against their image's size and multiplied by the row's label index (0 normal, k
+    category k; label -1, several categories such as MVTec-FS "combined", counts for detection only: 1).
     """
-    images = np.zeros((rows.height, size, size, 3), np.uint8)
-    gt = np.zeros((rows.height, size, size), np.uint8)
-    for i, row in enumerate(rows.iter_rows(named=True)):
+    out = []
+    for row in rows.iter_rows(named=True):
         image = read_image(row["path"])
-        images[i] = resize_image(image, size)
+        gt = np.zeros(image.shape[:2], np.uint8)
         if row["mask_path"]:
-            mask = resize_mask(read_mask(row["mask_path"], expected_hw=image.shape[:2]), size)
-            # label -1 (several categories, e.g. MVTec-FS "combined") counts for detection only: any class will do
-            gt[i] = mask.astype(np.uint8) * max(int(row["label_index"]), 1)
-    return images, gt
+            mask = read_mask(row["mask_path"], expected_hw=image.shape[:2])
+            gt = mask.astype(np.uint8) * np.uint8(max(int(row["label_index"]), 1))
+        out.append((image, gt))
+    return out

@@ -15,11 +15,10 @@ from prefect.artifacts import create_markdown_artifact
 from schemas.config import RunConfig
 from schemas.manifests import Manifest
 from storage.arrays import open_group, read_samples
-from storage.evaluation import load_test_chunk
 from storage.parquet import read_parts
 from storage.reports import read_confusion
 from storage.split import read_split
-from tasks.common import artifact_key
+from tasks.common import artifact_key, canvas_chunk
 from uniadc.metrics import METRIC_COLUMNS
 from uniadc.report import ImageView, data_uri, outcome, thumbnail, worst_first
 from uniadc.visualize import colour_classes, draw_outline, heatmap, overlay
@@ -58,7 +57,7 @@ def publish_samples(config: RunConfig, manifests: list[Manifest]) -> None:
 
 
 def _worst_strips(
-    root: Path, split: Manifest, evaluation: Manifest, size: int
+    root: Path, split: Manifest, evaluation: Manifest, config: RunConfig
 ) -> list[tuple[str, np.ndarray]]:
     preds = read_parts(root / evaluation.uris["predictions"]).sort("zarr_index")
     rows = preds.join(
@@ -83,7 +82,7 @@ def _worst_strips(
     chosen = worst_first(views)[:WORST]
     picked = rows.filter(pl.col("image_id").is_in([v.image_id for v in chosen]))
     picked = picked.sort(pl.col("image_id").replace_strict({v.image_id: i for i, v in enumerate(chosen)}))
-    images, _ = load_test_chunk(picked, size)
+    images, _ = canvas_chunk(picked, config)
     maps = open_group(root / evaluation.uris["zarr"])
     idx = picked["zarr_index"].to_numpy()
     gt, anomaly = read_samples(maps, "gt_class_maps", idx), read_samples(maps, "anomaly_maps", idx)
@@ -136,7 +135,7 @@ def publish_summary(
         parts.append(
             f"## Selected synthetic samples\n\n![contact sheet]({data_uri(arr, arr.shape[1], jpeg=True)})"
         )
-    worst = _worst_strips(root, split, evaluation, config.image_size)
+    worst = _worst_strips(root, split, evaluation, config)
     if worst:
         parts.append("## Worst predictions: image | ground truth | anomaly map | predicted classes")
         parts += [f"**{cap}**\n\n![{cap}]({data_uri(s, s.shape[1], jpeg=True)})" for cap, s in worst]

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from prefect.cache_policies import CacheKeyFnPolicy
 from prefect.filesystems import LocalFileSystem
 
@@ -45,7 +46,7 @@ def record_completed(config: RunConfig, manifests: Sequence[Manifest]) -> None:
     stages: dict[str, list[tuple[str, str]]] = {}
     for m in manifests:
         first = next(iter(m.uris.values()))
-        stages.setdefault(m.stage, []).append((str(Path(first).parent), m.cache_key))
+        stages.setdefault(m.stage, []).append((str(Path(first).parent), record_key(config, m.cache_key)))
     root = RunLayout.for_config(config.store, config.name).root
     write_completed(root, config.config_hash(), config.to_json(), stages)
 
@@ -111,5 +112,28 @@ def file_sha256(path: str | Path) -> str:
 
 
 def key_from_params(_ctx: Any, params: dict[str, Any]) -> str:
-    """Cache key passed explicitly as the task's ``key`` parameter (computed by the flow from its inputs)."""
-    return str(params["key"])
+    """Cache key passed explicitly as the task's ``key`` parameter (computed by the flow from its inputs),
+    scoped to the run folder: a stage's outputs live in its run's folder, so two runs of one store that share
+    a stage's inputs (two names, one dataset) must not share its record."""
+    config = params.get("config")
+    if not isinstance(config, RunConfig):
+        return str(params["key"])
+    return record_key(config, str(params["key"]))
+
+
+def record_key(config: RunConfig, key: str) -> str:
+    """The name of a stage's cache record and persisted result in the store: its key scoped to the run."""
+    return hashlib.sha256(f"{config.name}\x00{key}".encode()).hexdigest()
+
+
+def canvas_chunk(rows, config: RunConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Test rows -> (images (n, S, S, 3) uint8, ground truth (n, S, S) uint8) on the canvases evaluation
+    scores them on (``dataset.resize``), for reports next to the stored maps."""
+    from storage.evaluation import read_test_chunk
+    from uniadc.geometry import canvas
+
+    fitted = [canvas(im, gt, config.image_size, config.dataset.resize) for im, gt in read_test_chunk(rows)]
+    size = config.image_size
+    if not fitted:
+        return np.zeros((0, size, size, 3), np.uint8), np.zeros((0, size, size), np.uint8)
+    return np.stack([f[0] for f in fitted]), np.stack([f[1] for f in fitted])

@@ -4,8 +4,10 @@ Writes ``evaluate-<key>/maps.zarr`` (``anomaly_maps`` (N, S, S) float32, ``class
 ``gt_class_maps`` (N, S, S) uint8, ``class_argmax`` (N, S, S) uint8 unthresholded ``1 + argmax`` class, and
 with a reference ``reference_maps`` (N, S, S) float32, its calibrated map),
 ``evaluate-<key>/predictions/`` (one Parquet row per test image) and
-``evaluate-<key>/metrics.parquet``. Test images and masks are resized to the run's ``image_size`` (masks by
-nearest neighbour), so every metric is computed at one resolution. The threshold is the config's value on the
+``evaluate-<key>/metrics.parquet``. Test images and masks land on ``image_size`` canvases by
+``dataset.resize`` (``uniadc.geometry``: squashed, letterboxed, or tiled and stitched then letterboxed; masks
+by nearest neighbour; ``valid`` in the Zarr group marks the pixels that count), so every metric is computed at
+one stated resolution over the valid pixels. The threshold is the config's value on the
 model's anomaly map; with ``discriminator.reference: knn`` that map is calibrated on training data (0.5 = the
 fitted tau, stored in the checkpoint). Nothing here looks at test statistics to choose it.
 """
@@ -25,7 +27,7 @@ from schemas.manifests import Manifest
 from schemas.priors import PriorsFile
 from schemas.tables import CATEGORY_METRICS, CONFUSION, PREDICTIONS
 from storage.arrays import create_group, write_sample
-from storage.evaluation import load_test_chunk
+from storage.evaluation import read_test_chunk
 from storage.layout import RunLayout, provenance
 from storage.parquet import write_part, write_table_atomic
 from storage.reports import write_metrics_table
@@ -35,10 +37,11 @@ from tasks.progress import StageProgress
 from tasks.train import load_model
 from uniadc import metrics
 from uniadc.analysis import category_metrics, confusion_matrix
-from uniadc.discriminator import predict
+from uniadc.geometry import canvas
+from uniadc.geometry.fitted import predict_canvas
 
 STAGE = "evaluate"
-STAGE_VERSION = "3"  # 3: metrics per category and the confusion matrix
+STAGE_VERSION = "4"  # 3: metrics per category and the confusion matrix; 4: dataset.resize canvases
 CATEGORY_FILE = "category_metrics.parquet"
 CONFUSION_FILE = "confusion.parquet"
 CHUNK = 64
@@ -52,6 +55,7 @@ def evaluate_key(config: RunConfig, split: Manifest, model: Manifest) -> str:
         model.content_hash,
         str(config.image_size),
         str(config.threshold),
+        f"{config.dataset.resize}|{config.dataset.tile_overlap}",
     )
 
 
@@ -71,6 +75,7 @@ def evaluate_model(
         "class_maps": ((n, size, size), "uint8"),
         "gt_class_maps": ((n, size, size), "uint8"),
         "class_argmax": ((n, size, size), "uint8"),
+        "valid": ((n, size, size), "bool"),
     }
     if model.reference is not None:
         arrays["reference_maps"] = ((n, size, size), "float32")
@@ -83,14 +88,21 @@ def evaluate_model(
     anomaly_maps = np.zeros((n, size, size), np.float32)
     class_maps = np.zeros((n, size, size), np.uint8)
     gt_maps = np.zeros((n, size, size), np.uint8)
+    valid = np.zeros((n, size, size), bool)
     image_pred = np.zeros(n, np.int64)
+    modes: list[str] = []
     with StageProgress(artifact_key(config, "evaluate-progress"), "evaluate", n, unit="img") as bar:
         for part, start in enumerate(range(0, n, CHUNK)):
             chunk = rows.slice(start, CHUNK)
-            images, gt = load_test_chunk(chunk, size)
-            pred = predict(model, images, config.threshold)
+            raw = read_test_chunk(chunk)
+            pred = predict_canvas(
+                model, [im for im, _ in raw], config.threshold, config.dataset.resize,
+                config.dataset.tile_overlap,
+            )  # fmt: skip
+            gt = np.stack([canvas(im, g, size, config.dataset.resize)[1] for im, g in raw])
             stop = start + chunk.height
             image_pred[start:stop] = pred.image_classes
+            valid[start:stop], modes = pred.valid, modes + pred.modes
             anomaly_maps[start:stop], class_maps[start:stop], gt_maps[start:stop] = (
                 pred.anomaly_maps,
                 pred.class_maps,
@@ -104,6 +116,7 @@ def evaluate_model(
                     class_maps=pred.class_maps[j],
                     gt_class_maps=gt[j],
                     class_argmax=pred.class_argmax[j],
+                    valid=pred.valid[j],
                     **({} if pred.reference_maps is None else {"reference_maps": pred.reference_maps[j]}),
                 )
             write_part(
@@ -125,11 +138,13 @@ def evaluate_model(
     # Acc/mIoU are defined over the K known categories; an open-set "other" prediction counts as wrong.
     eval_classes = np.where(class_maps > k, 0, class_maps) if config.discriminator.open_set else class_maps
     labels = rows["label_index"].to_numpy().astype(np.int64)
-    result = metrics.evaluate(anomaly_maps, gt_maps, eval_classes, k, labels=labels)
+    used = None if valid.all() else valid  # squashed images: every pixel counts (the historical result)
+    print(f"evaluate: {n} test images, {_geometry_line(config, modes)}")
+    result = metrics.evaluate(anomaly_maps, gt_maps, eval_classes, k, labels=labels, valid=used)
     image_class = config.dataset.image_class or "magnetic_tile"
     table = metrics.metrics_table({image_class: result})
     write_metrics_table(table, out / "metrics.parquet")
-    write_breakdown(out, image_class, anomaly_maps, gt_maps, eval_classes, image_pred, labels, names, k)
+    write_breakdown(out, image_class, anomaly_maps, gt_maps, eval_classes, image_pred, labels, names, k, used)
     digest = hashlib.sha256(anomaly_maps.tobytes() + class_maps.tobytes()).hexdigest()
     return Manifest(
         stage=STAGE,
@@ -141,10 +156,20 @@ def evaluate_model(
             "category_metrics": str((out / CATEGORY_FILE).relative_to(layout.root)),
             "confusion": str((out / CONFUSION_FILE).relative_to(layout.root)),
         },
-        counts={"test": n},
+        counts={"test": n, **{f"resize_{m}": modes.count(m) for m in sorted(set(modes))}},
         content_hash=digest,
         cache_key=key,
     )
+
+
+def _geometry_line(config: RunConfig, modes: list[str]) -> str:
+    """Which geometry the images got, and the resolution the metrics are computed at."""
+    counts = ", ".join(f"{m} {modes.count(m)}" for m in sorted(set(modes)))
+    size = config.image_size
+    where = (
+        f"{size}x{size}" if set(modes) <= {"squash"} else f"long side {size}, aspect kept, padding left out"
+    )
+    return f"dataset.resize {config.dataset.resize} ({counts}); metrics at {where}"
 
 
 def write_breakdown(
@@ -157,10 +182,11 @@ def write_breakdown(
     labels: np.ndarray,
     names: list[str],
     k: int,
+    valid: np.ndarray | None = None,
 ) -> None:
     """``category_metrics.parquet`` (one row per category) and ``confusion.parquet`` (image level; columns
     include ``other`` for an open-set model)."""
-    per_category = category_metrics(anomaly_maps, gt_maps, eval_classes, labels, names[: k + 1])
+    per_category = category_metrics(anomaly_maps, gt_maps, eval_classes, labels, names[: k + 1], valid=valid)
     write_table_atomic(
         pa.Table.from_pylist(
             [{"image_class": image_class, **r} for r in per_category], schema=CATEGORY_METRICS

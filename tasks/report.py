@@ -14,11 +14,11 @@ from schemas.manifests import Manifest
 from schemas.priors import PriorsFile
 from storage.arrays import open_group, read_samples
 from storage.checkpoints import reference_calibration
-from storage.evaluation import load_test_chunk
 from storage.files import write_text_atomic
 from storage.parquet import read_parts
 from storage.reports import read_confusion
 from storage.split import read_split
+from tasks.common import canvas_chunk
 from uniadc.metrics import METRIC_COLUMNS
 from uniadc.report import ImageView, SyntheticView, render_report, thumbnail
 
@@ -58,7 +58,7 @@ def write_report(
                 [thumbnail(x.astype(np.uint8), nearest=True) > 0 for x in read_samples(g, "masks", shown)],
             )
         )
-    tests, small_maps, small_masks = _test_items(preds, maps, config.image_size)
+    tests, small_maps, small_masks = _test_items(preds, maps, config)
     backend = config.synthesis.resolved_backend(config.setting)
     summary = [
         ("dataset", f"{config.dataset.kind} at {config.dataset.root} / {config.dataset.image_class or ''}"),
@@ -133,7 +133,9 @@ def _threshold_line(config: RunConfig, checkpoint) -> str:
     )
 
 
-def _test_items(preds: pl.DataFrame, maps, size: int) -> tuple[list[ImageView], np.ndarray, np.ndarray]:
+def _test_items(
+    preds: pl.DataFrame, maps, config: RunConfig
+) -> tuple[list[ImageView], np.ndarray, np.ndarray]:
     """Every test image at thumbnail size (read in chunks, so a large test set never sits in memory at full
     size), with the thumbnail anomaly maps and ground-truth masks for the PRO curve."""
     items: list[ImageView] = []
@@ -141,7 +143,7 @@ def _test_items(preds: pl.DataFrame, maps, size: int) -> tuple[list[ImageView], 
     for start in range(0, preds.height, CHUNK):
         chunk = preds.slice(start, CHUNK)
         idx = chunk["zarr_index"].to_numpy()
-        images, _ = load_test_chunk(chunk, size)
+        images, _ = canvas_chunk(chunk, config)
         gt = read_samples(maps, "gt_class_maps", idx)
         anomaly = read_samples(maps, "anomaly_maps", idx)
         classes = read_samples(maps, "class_maps", idx)

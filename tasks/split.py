@@ -28,7 +28,7 @@ def split_key(config: RunConfig) -> str:
     return cache_key(
         STAGE,
         STAGE_VERSION,
-        config.dataset.model_dump_json(),
+        config.dataset.model_dump_json(exclude={"resize", "tile_overlap"}),  # geometry is not the draw
         ",".join(priors.names),
         draw,
         dataset_hash(records),

@@ -16,18 +16,20 @@ from prefect import task
 from schemas.config import RunConfig
 from schemas.manifests import Manifest
 from storage.arrays import create_group, write_sample
-from storage.images import read_image, read_mask, resize_image, resize_mask
+from storage.images import read_image, read_mask
 from storage.layout import RunLayout, provenance
 from storage.parquet import write_table_atomic
 from storage.split import read_split
 from tasks.common import cache_key, file_sha256
+from uniadc.geometry import PAD_ASPECT, cut_tiles, fit_image, fit_mask, resolved_resize, tile_windows
 
 STAGE = "support"
-STAGE_VERSION = "1"
+STAGE_VERSION = "2"  # 2: dataset.resize (letterbox / tiles)
 
 
 def support_key(config: RunConfig, split: Manifest) -> str:
-    parts = [split.content_hash, str(config.image_size)]
+    geometry = f"{config.dataset.resize}|{config.dataset.tile_overlap}"
+    parts = [split.content_hash, str(config.image_size), geometry]
     if config.support.foreground != "u2netp":  # the default keeps the keys of stores made before the option
         parts += [config.support.model_dump_json(), file_sha256(config.support.foreground_onnx or "")]
     return cache_key(STAGE, STAGE_VERSION, *parts)
@@ -46,6 +48,51 @@ def _foregrounds(config: RunConfig, images: np.ndarray) -> np.ndarray:
     )(images)  # fmt: skip
 
 
+def _fitted_support(
+    config: RunConfig, rows: pl.DataFrame
+) -> tuple[pl.DataFrame, np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Support images, masks and valid pixels at ``image_size`` by ``dataset.resize``; in tile mode every
+    window is one support image (row ``image_id`` + ``@top,left``), defect images keep the windows that show
+    their defect."""
+    size = config.image_size
+    images, masks, valid, modes, keep = [], [], [], [], []
+    for row in rows.iter_rows(named=True):
+        image = read_image(row["path"])
+        mask = np.zeros(image.shape[:2], bool)
+        if row["mask_path"]:
+            mask = read_mask(row["mask_path"], expected_hw=image.shape[:2])
+        mode = resolved_resize(config.dataset.resize, *image.shape[:2])
+        modes.append(mode)
+        if mode == "tile":
+            windows = tile_windows(*image.shape[:2], size, config.dataset.tile_overlap)
+            tiles, tile_masks = cut_tiles(image, windows, size), cut_tiles(mask, windows, size)
+            chosen = list(range(len(windows)))
+            if row["label_index"] != 0:
+                area = tile_masks.reshape(len(windows), -1).sum(axis=1)
+                chosen = [j for j in chosen if area[j] > 0] or [int(area.argmax())]
+            for j in chosen:
+                images.append(tiles[j])
+                masks.append(tile_masks[j])
+                valid.append(np.ones((size, size), bool))
+                keep.append(dict(row, image_id=f"{row['image_id']}@{windows[j].top},{windows[j].left}"))
+            continue
+        fitted, ok = fit_image(image, size, mode)
+        images.append(fitted)
+        masks.append(fit_mask(mask, size, mode))
+        valid.append(ok)
+        keep.append(row)
+    table = pl.DataFrame(keep, schema=rows.schema)
+    return table, np.stack(images), np.stack(masks), np.stack(valid), modes
+
+
+def _mode_summary(config: RunConfig, modes: list[str]) -> str:
+    counts = {m: modes.count(m) for m in sorted(set(modes))}
+    text = ", ".join(f"{m} {c}" for m, c in counts.items())
+    if config.dataset.resize == "auto" and "pad" in counts:
+        text += f"; resize auto letterboxes images more elongated than 1:{PAD_ASPECT}"
+    return f"dataset.resize {config.dataset.resize}: {text}"
+
+
 @task(name="support", persist_result=True)
 def prepare_support(config: RunConfig, split: Manifest, key: str) -> Manifest:
     """Read, resize and segment the support images once for every later stage."""
@@ -55,20 +102,14 @@ def prepare_support(config: RunConfig, split: Manifest, key: str) -> Manifest:
         .filter(pl.col("split") == "support")
         .sort(["label_index", "image_id"])
     )
-    size = config.image_size
-    n = rows.height
-    images = np.zeros((n, size, size, 3), np.uint8)
-    masks = np.zeros((n, size, size), bool)
-    for i, row in enumerate(rows.iter_rows(named=True)):
-        image = read_image(row["path"])
-        images[i] = resize_image(image, size)
-        if row["mask_path"]:
-            masks[i] = resize_mask(read_mask(row["mask_path"], expected_hw=image.shape[:2]), size)
+    rows, images, masks, valid, modes = _fitted_support(config, rows)
+    size, n = config.image_size, rows.height
+    print(f"support: {n} images at {size}x{size} ({_mode_summary(config, modes)})")
     labels = rows["label_index"].to_numpy().astype(np.uint8)
     foregrounds = np.ones_like(masks)
     normal = labels == 0
     if normal.any():
-        foregrounds[normal] = _foregrounds(config, images[normal])
+        foregrounds[normal] = _foregrounds(config, images[normal]) & valid[normal]  # never in the padding
     out = layout.stage_dir(STAGE, key)
     group = create_group(
         out / "support.zarr",

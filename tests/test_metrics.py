@@ -331,3 +331,26 @@ def test_evaluate_excludes_multi_category_images_from_classification():
     custom = M.evaluate(**case, num_classes=2, labels=np.array([0, -1, -1, -1, -1, -1]))
     assert custom["acc"] == float(M.image_classes(case["predicted"][:1], 2)[0] == 0)
     assert pl.DataFrame([custom]).height == 1
+
+
+def test_valid_pixels_are_the_only_ones_that_count():
+    """Metrics with a ``valid`` mask equal the metrics of the cropped maps, whatever the padding holds."""
+    from uniadc.metrics import evaluate
+
+    rng = np.random.default_rng(3)
+    n, h, w = 8, 24, 40
+    maps = rng.random((n, h, w)).astype(np.float32)
+    gt = np.zeros((n, h, w), np.uint8)
+    for i in range(1, n, 2):
+        y, x = rng.integers(6, 14), rng.integers(12, 24)
+        gt[i, y : y + 4, x : x + 5] = 1 + i % 2
+        maps[i, y : y + 4, x : x + 5] += 0.4
+    pred = np.where(maps > 0.9, 1 + (np.arange(w) % 2), 0).astype(np.uint8)
+    valid = np.zeros((n, h, w), bool)
+    valid[:, 4:20, 8:32] = True
+    crop = (slice(None), slice(4, 20), slice(8, 32))
+    expected = evaluate(maps[crop], gt[crop], pred[crop], 2)
+    padded = maps.copy()
+    padded[~valid] = 5.0  # the padding scores highest of all: it must not matter
+    assert evaluate(padded, gt, np.where(valid, pred, 0).astype(np.uint8), 2, valid=valid) == expected
+    assert evaluate(maps, gt, pred, 2) != expected

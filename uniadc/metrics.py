@@ -83,8 +83,23 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return twice_u / (2 * n_pos * n_neg)
 
 
+def _check_valid(valid: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray | None:
+    """``valid`` = the pixels that count (False on letterbox padding); None = all of them."""
+    if valid is None:
+        return None
+    valid = np.asarray(valid)
+    if valid.shape != shape or valid.dtype != np.bool_:
+        raise ValueError(f"valid must be a bool array of shape {shape}, got {valid.dtype} {valid.shape}")
+    if not valid.reshape(len(valid), -1).any(axis=1).all():
+        raise ValueError("valid must keep at least one pixel of every image")
+    return valid
+
+
 def image_scores(
-    anomaly_maps: np.ndarray, reduction: Literal["max", "top_k_mean"] = "max", top_k: int = 100
+    anomaly_maps: np.ndarray,
+    reduction: Literal["max", "top_k_mean"] = "max",
+    top_k: int = 100,
+    valid: np.ndarray | None = None,
 ) -> np.ndarray:
     """Image anomaly score: map maximum (paper §3.4) or mean of the ``top_k`` largest pixels (official code).
 
@@ -92,11 +107,16 @@ def image_scores(
         anomaly_maps: ``(N, H, W)`` float anomaly maps.
         reduction: ``"max"`` or ``"top_k_mean"``.
         top_k: Pixels averaged by ``"top_k_mean"``, 1 <= top_k <= H * W.
+        valid: optional ``(N, H, W)`` bool, the pixels that count (others never give the score).
 
     Returns:
         ``(N,)`` float64 image scores.
     """
-    maps = _check_maps(anomaly_maps).reshape(len(anomaly_maps), -1)
+    maps = _check_maps(anomaly_maps)
+    valid = _check_valid(valid, maps.shape)
+    if valid is not None:
+        maps = np.where(valid, maps, -np.inf)
+    maps = maps.reshape(len(anomaly_maps), -1)
     if reduction == "max":
         return maps.max(axis=1).astype(np.float64)
     if reduction != "top_k_mean":
@@ -104,7 +124,8 @@ def image_scores(
     if not 1 <= top_k <= maps.shape[1]:
         raise ValueError(f"top_k must be in [1, {maps.shape[1]}], got {top_k}")
     cut = maps.shape[1] - top_k
-    return np.array([np.partition(row, cut)[cut:].mean(dtype=np.float64) for row in maps])
+    rows = [np.partition(row, cut)[cut:] for row in maps]
+    return np.array([row[np.isfinite(row)].mean(dtype=np.float64) for row in rows])
 
 
 def image_auc(
@@ -112,14 +133,19 @@ def image_auc(
     labels: np.ndarray,
     reduction: Literal["max", "top_k_mean"] = "max",
     top_k: int = 100,
+    valid: np.ndarray | None = None,
 ) -> float:
     """I-AUC: ROC AUC of :func:`image_scores` against ``(N,)`` bool image labels (True = anomalous)."""
-    return roc_auc(image_scores(anomaly_maps, reduction, top_k), np.asarray(labels))
+    return roc_auc(image_scores(anomaly_maps, reduction, top_k, valid), np.asarray(labels))
 
 
-def pixel_auc(anomaly_maps: np.ndarray, masks: np.ndarray) -> float:
-    """P-AUC: ROC AUC over all pixels of all ``(N, H, W)`` maps against ``(N, H, W)`` bool masks."""
-    return roc_auc(_check_maps(anomaly_maps, masks), masks)
+def pixel_auc(anomaly_maps: np.ndarray, masks: np.ndarray, valid: np.ndarray | None = None) -> float:
+    """P-AUC: ROC AUC over all (``valid``) pixels of all ``(N, H, W)`` maps against ``(N, H, W)`` bool masks."""
+    scores = _check_maps(anomaly_maps, masks)
+    valid = _check_valid(valid, scores.shape)
+    if valid is None:
+        return roc_auc(scores, masks)
+    return roc_auc(scores[valid], masks[valid])
 
 
 Box = tuple[int, slice, slice]
@@ -153,10 +179,12 @@ def _max_count(fpr_limit: float, n_ok: int) -> int:
 
 
 def _top_normals(
-    scores: np.ndarray, masks: np.ndarray, boxes: list[Box], count: int
+    scores: np.ndarray, masks: np.ndarray, boxes: list[Box], count: int, valid: np.ndarray | None = None
 ) -> tuple[np.ndarray, int]:
     """The ``count`` largest normal scores, sorted, and how many other normal scores tie with the smallest."""
     work = scores.copy()
+    if valid is not None:  # excluded pixels sink below every score (-inf never ties a finite score)
+        work[~valid] = -np.inf
     for box in boxes:  # anomalous pixels only lie in the masks' bounding boxes
         work[box][masks[box]] = -np.inf
     flat = work.reshape(-1)
@@ -181,7 +209,9 @@ def _sort_by_score(values: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.
     return bits.view(np.float32), (key & np.uint64(0xFFFFFFFF)).astype(np.intp)
 
 
-def pro(scores: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3) -> float:
+def pro(
+    scores: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3, valid: np.ndarray | None = None
+) -> float:
     """Normalised area under the PRO curve up to ``fpr_limit`` (MVTec AD definition, exact).
 
     Regions are the 8-connected components of each image's mask. At a threshold t, PRO(t) is the mean over all
@@ -198,6 +228,8 @@ def pro(scores: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3) -> float:
         scores: ``(N, H, W)`` float anomaly maps (float32 or float64; others are cast to float64).
         masks: ``(N, H, W)`` bool ground truth, True = anomalous.
         fpr_limit: Integration limit in (0, 1].
+        valid: optional ``(N, H, W)`` bool, the pixels that count: the others (letterbox padding) are
+            neither normal nor anomalous; masks must be False there.
 
     Returns:
         The PRO score in [0, 1].
@@ -209,15 +241,18 @@ def pro(scores: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3) -> float:
     scores = _check_maps(scores, masks)
     if not 0 < fpr_limit <= 1:
         raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
+    valid = _check_valid(valid, scores.shape)
+    if valid is not None and (masks & ~valid).any():
+        raise ValueError("masks marks pixels outside valid")
     values, regions, sizes, boxes = _regions(scores, masks)
-    n_ok = scores.size - values.size
+    n_ok = (scores.size if valid is None else int(np.count_nonzero(valid))) - values.size
     if values.size == 0:
         raise ValueError("masks has no anomalous pixel: PRO is undefined")
     if n_ok == 0:
         raise ValueError("masks has no normal pixel: the FPR of PRO is undefined")
     weight = 1.0 / (sizes * sizes.size)  # each region pixel's share of the mean overlap
     rank = min(_max_count(fpr_limit, n_ok), n_ok - 1)  # 0-based rank of the normal score at the limit
-    top, tied_below = _top_normals(scores, masks, boxes, rank + 1)
+    top, tied_below = _top_normals(scores, masks, boxes, rank + 1, valid)
     cut = top[0]
     at_or_below = int(np.searchsorted(top, cut, "right"))
     above = top.size - at_or_below  # normal pixels strictly above the cut
@@ -313,6 +348,7 @@ def mean_iou(
     num_classes: int,
     include_normal: bool = True,
     absent: Literal["skip", "zero"] = "skip",
+    valid: np.ndarray | None = None,
 ) -> float:
     """mIoU: per-class IoU of the class maps pooled over all images, macro-averaged over classes.
 
@@ -324,6 +360,7 @@ def mean_iou(
             True, else over the K anomaly categories only.
         absent: A class absent from both maps has no IoU: ``"skip"`` leaves it out of the mean, ``"zero"``
             counts it as 0 (the official code, via sklearn ``jaccard_score``'s zero_division default).
+        valid: optional ``(N, H, W)`` bool, the pixels that count.
 
     Returns:
         The mean IoU in [0, 1].
@@ -335,8 +372,11 @@ def mean_iou(
     if absent not in ("skip", "zero"):
         raise ValueError(f"absent must be 'skip' or 'zero', got {absent!r}")
     size = num_classes + 1
+    valid = _check_valid(valid, predicted.shape)
     confusion = np.zeros(size * size, dtype=np.int64)
-    for p, g in zip(predicted, gt_class_maps, strict=True):  # per image: bounded temporaries
+    for i, (p, g) in enumerate(zip(predicted, gt_class_maps, strict=True)):  # per image: bounded temporaries
+        if valid is not None:
+            p, g = p[valid[i]], g[valid[i]]
         confusion += np.bincount(g.astype(np.int64).ravel() * size + p.ravel(), minlength=size * size)
     confusion = confusion.reshape(size, size)
     hits = np.diag(confusion)
@@ -359,6 +399,7 @@ def evaluate(
     top_k: int = 100,
     fpr_limit: float = 0.3,
     include_normal: bool = True,
+    valid: np.ndarray | None = None,
 ) -> dict[str, float | int]:
     """All five metrics of one image class (e.g. one MVTec-FS product).
 
@@ -374,6 +415,7 @@ def evaluate(
         reduction, top_k: Image score of :func:`image_scores`.
         fpr_limit: Of :func:`pro`.
         include_normal: Of :func:`mean_iou`.
+        valid: optional ``(N, H, W)`` bool, the pixels that count (False on letterbox padding).
 
     Returns:
         ``{"i_auc", "p_auc", "pro", "acc", "miou": float, "n_images": int}``.
@@ -387,12 +429,13 @@ def evaluate(
     predicted = _check_classes(predicted, num_classes, "predicted")
     if predicted.shape != masks.shape:
         raise ValueError(f"predicted shape {predicted.shape} must equal gt_class_maps shape {masks.shape}")
+    kept = None if valid is None else np.asarray(valid)[keep]
     return {
-        "i_auc": image_auc(anomaly_maps, masks.any(axis=(1, 2)), reduction, top_k),
-        "p_auc": pixel_auc(anomaly_maps, masks),
-        "pro": pro(anomaly_maps, masks, fpr_limit),
+        "i_auc": image_auc(anomaly_maps, masks.any(axis=(1, 2)), reduction, top_k, valid),
+        "p_auc": pixel_auc(anomaly_maps, masks, valid),
+        "pro": pro(anomaly_maps, masks, fpr_limit, valid),
         "acc": accuracy(image_classes(predicted[keep], num_classes), labels[keep]),
-        "miou": mean_iou(predicted[keep], gt_class_maps[keep], num_classes, include_normal),
+        "miou": mean_iou(predicted[keep], gt_class_maps[keep], num_classes, include_normal, valid=kept),
         "n_images": len(masks),
     }
 

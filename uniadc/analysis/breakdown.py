@@ -20,10 +20,14 @@ from uniadc.metrics import image_auc, image_classes, pixel_auc, pro
 COLUMNS = ("i_auc", "p_auc", "pro", "acc", "iou")
 
 
-def pixel_confusion(predicted: np.ndarray, gt_class_maps: np.ndarray, size: int) -> np.ndarray:
-    """``(size, size)`` pixel counts, rows = true class, columns = predicted class."""
+def pixel_confusion(
+    predicted: np.ndarray, gt_class_maps: np.ndarray, size: int, valid: np.ndarray | None = None
+) -> np.ndarray:
+    """``(size, size)`` pixel counts over the (``valid``) pixels, rows = true class, columns = predicted."""
     out = np.zeros(size * size, np.int64)
-    for p, g in zip(predicted, gt_class_maps, strict=True):
+    for i, (p, g) in enumerate(zip(predicted, gt_class_maps, strict=True)):
+        if valid is not None:
+            p, g = p[valid[i]], g[valid[i]]
         out += np.bincount(
             g.astype(np.int64).ravel() * size + p.astype(np.int64).ravel(), minlength=size * size
         )
@@ -61,6 +65,7 @@ def category_metrics(
     labels: np.ndarray,
     names: Sequence[str],
     fpr_limit: float = 0.3,
+    valid: np.ndarray | None = None,
 ) -> list[dict[str, float | int | str]]:
     """Rows ``{"category", "i_auc", "p_auc", "pro", "acc", "iou", "n_images"}`` for ``normal``, each defect
     category (``names[1:]``, in class order) and ``mean`` (unweighted over the defect categories; NaN-aware).
@@ -69,12 +74,13 @@ def category_metrics(
         anomaly_maps: ``(N, H, W)`` float maps; gt_class_maps / predicted: ``(N, H, W)`` int class maps
             (0 normal, 1..K); labels: ``(N,)`` image labels (-1 = several categories).
         names: class names by index, ``names[0]`` the normal class.
+        valid: optional ``(N, H, W)`` bool, the pixels that count (False on letterbox padding).
     """
     labels = np.asarray(labels, np.int64)
     k = len(names) - 1
     keep = labels >= 0
     image_pred = image_classes(predicted, k) if len(predicted) else np.zeros(0, np.int64)
-    pix = pixel_confusion(predicted[keep], gt_class_maps[keep], k + 1)
+    pix = pixel_confusion(predicted[keep], gt_class_maps[keep], k + 1, None if valid is None else valid[keep])
     hits = np.diag(pix)
     union = pix.sum(axis=0) + pix.sum(axis=1) - hits
     iou = np.where(union > 0, hits / np.maximum(union, 1), np.nan)
@@ -94,12 +100,13 @@ def category_metrics(
         mine = labels == c
         subset = normal | mine
         masks = gt_class_maps[subset] > 0
+        v = None if valid is None else valid[subset]
         rows.append(
             {
                 "category": names[c],
-                "i_auc": _safe(image_auc, anomaly_maps[subset], mine[subset]),
-                "p_auc": _safe(pixel_auc, anomaly_maps[subset], masks),
-                "pro": _safe(pro, anomaly_maps[subset], masks, fpr_limit),
+                "i_auc": _safe(image_auc, anomaly_maps[subset], mine[subset], "max", 100, v),
+                "p_auc": _safe(pixel_auc, anomaly_maps[subset], masks, v),
+                "pro": _safe(pro, anomaly_maps[subset], masks, fpr_limit, v),
                 "acc": float(np.mean(image_pred[mine] == c)) if mine.any() else math.nan,
                 "iou": float(iou[c]),
                 "n_images": int(mine.sum()),

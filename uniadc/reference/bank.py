@@ -20,6 +20,11 @@ from torch.nn import functional as F
 from uniadc.reference.views import view_coords
 
 QUERY_CHUNK = 8192  # query locations per matrix product (bounds memory to ~QUERY_CHUNK x bank size)
+SIM_BUDGET = 1 << 27  # similarity entries per product (512 MB): large banks (many tiles) get smaller chunks
+
+
+def _query_chunk(bank_rows: int, cap: int = QUERY_CHUNK) -> int:
+    return max(1, min(cap, SIM_BUDGET // max(bank_rows, 1)))
 
 
 def embed_levels(features: list[Tensor]) -> list[Tensor]:
@@ -70,9 +75,10 @@ def build_bank(embeddings: list[Tensor], owner: Tensor, view: Tensor) -> Referen
 def _min_distance(query: Tensor, bank: Tensor) -> Tensor:
     """(Q, C) x (M, C) unit vectors -> (Q,) Euclidean distance to the nearest bank row."""
     out = torch.empty(query.shape[0])
-    for s in range(0, query.shape[0], QUERY_CHUNK):
-        sim = query[s : s + QUERY_CHUNK] @ bank.T
-        out[s : s + QUERY_CHUNK] = (2.0 - 2.0 * sim.max(dim=1).values).clamp_min(0.0).sqrt()
+    step = _query_chunk(bank.shape[0])
+    for s in range(0, query.shape[0], step):
+        sim = query[s : s + step] @ bank.T
+        out[s : s + step] = (2.0 - 2.0 * sim.max(dim=1).values).clamp_min(0.0).sqrt()
     return out
 
 
@@ -82,8 +88,9 @@ def _min_distance_spatial(
     """Like :func:`_min_distance` over ``own``, ignoring rows within Chebyshev ``radius`` of each query's
     coordinates."""
     out = torch.empty(query.shape[0])
-    for s in range(0, query.shape[0], QUERY_CHUNK // 4):
-        q, c = query[s : s + QUERY_CHUNK // 4], qcoords[s : s + QUERY_CHUNK // 4]
+    step = _query_chunk(own.shape[0], QUERY_CHUNK // 4)
+    for s in range(0, query.shape[0], step):
+        q, c = query[s : s + step], qcoords[s : s + step]
         sim = q @ own.T
         near = (c[:, None, :] - own_coords[None, :, :]).abs().amax(dim=-1) < radius
         sim = sim.masked_fill(near, -2.0)  # -2: distance 2, the largest between unit vectors
