@@ -67,7 +67,14 @@ PAPER = {
 
 
 def run_one(
-    setting: str, k_normal: int, k_anomaly: int, seed: int, iterations: int, store: str, ablation: bool
+    setting: str,
+    k_normal: int,
+    k_anomaly: int,
+    seed: int,
+    iterations: int,
+    store: str,
+    ablation: bool,
+    resize: str = "auto",
 ) -> dict:
     """One seed of one setting; returns metrics (fractions) for UniADC and, when asked, the ablation."""
     import numpy as np
@@ -87,7 +94,7 @@ def run_one(
         None,
         data={
             "name": name,
-            "dataset": {"kind": "mtd", "root": str(MTD)},
+            "dataset": {"kind": "mtd", "root": str(MTD), "resize": resize},
             "setting": setting,
             "k_normal": k_normal,
             "k_anomaly": k_anomaly,
@@ -174,9 +181,11 @@ def _scores(evaluation, model, threshold: float, k: int) -> tuple[dict, dict]:
     tau, scale, tau_n = cal["threshold"], cal["scale"], cal["normal_max"]
     group = zarr.open_group(str(root / evaluation.uris["zarr"]), mode="r")
     maps, gt, argmax = (group[n][:] for n in ("reference_maps", "gt_class_maps", "class_argmax"))
+    valid = group["valid"][:] if "valid" in group else None
+    valid = None if valid is None or valid.all() else valid  # letterboxed tiles: padding left out
     cut = 1.0 / (1.0 + np.exp(-(tau_n - tau) / scale))  # tau_n on the calibrated map
     classes = np.where(maps >= cut, argmax, 0).astype(np.uint8)
-    knn = metrics.evaluate(maps, gt, classes, k, labels=labels)
+    knn = metrics.evaluate(maps, gt, classes, k, labels=labels, valid=valid)
     knn_scores = maps.reshape(len(maps), -1).max(axis=1)
     knn = {m: knn[m] for m in METRICS} | extras(knn_scores, metrics.image_classes(classes, k), cut)
     return ours, knn
@@ -214,6 +223,9 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=250)
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one process each)")
     parser.add_argument("--no-ablation", action="store_true")
+    parser.add_argument(
+        "--resize", default="auto", choices=("auto", "squash", "pad", "tile"), help="dataset.resize"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--store", default=None, help="run store to reuse (regenerated samples are resumed)")
     args = parser.parse_args()
@@ -245,7 +257,7 @@ def main() -> None:
                     run_one,
                     *zip(  # noqa: B905 - transposing equal-length tuples
                         *[
-                            (setting, kn, ka, s, args.iterations, store, not args.no_ablation)
+                            (setting, kn, ka, s, args.iterations, store, not args.no_ablation, args.resize)
                             for s in args.seeds
                         ]
                     ),
@@ -297,7 +309,8 @@ def write_results(results: list[dict], args) -> None:
         f"- packages: {versions}",
         f"- machine: {os.cpu_count()} CPU cores, no GPU; {args.jobs} runs in parallel, 1 torch thread each",
         "- protocol: seeded support draw (defect images with an empty mask are never drawn as support); test = "
-        "every MTD image outside the support set; images and masks resized to 256x256; anomaly threshold "
+        f"every MTD image outside the support set; dataset.resize {args.resize} at 256 (auto letterboxes tiles "
+        "beyond 1:1.5, padding left out of the metrics); anomaly threshold "
         "fitted on training data only (the largest score of the leave-one-out support views, stored in the "
         "checkpoint; 0.5 on the calibrated map); last training iteration kept; no test statistics used.",
         "- map used: which anomaly map the default kept per seed (discriminator.detector: auto), with the pixel "
