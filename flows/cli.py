@@ -336,8 +336,9 @@ def _restore(path: Path):
     return net, ckpt
 
 
-def _predictor(path: Path, engine: str) -> tuple[Callable[..., Any], list[str]]:
-    """(images, threshold) -> Prediction, and the class names, for the torch or the onnx engine."""
+def _predictor(path: Path, engine: str, resize: str = "squash") -> tuple[Callable[..., Any], list[str]]:
+    """(images, threshold) -> Prediction, and the class names, for the torch or the onnx engine; the torch
+    engine fits each image by ``resize`` (``dataset.resize``) and returns maps at the image's own size."""
     if engine == "onnx":
         from storage.onnx_files import read_onnx
         from uniadc.discriminator.onnx_engine import OnnxEngine
@@ -348,11 +349,11 @@ def _predictor(path: Path, engine: str) -> tuple[Callable[..., Any], list[str]]:
         except (ValueError, KeyError) as exc:
             raise DataError(f"{path}: not a uniadc export ({exc})") from None
         return lambda images, threshold: onnx_engine.predict(images, threshold), onnx_engine.class_names
-    from uniadc.discriminator import predict
+    from uniadc.geometry.fitted import predict_original
 
     net, ckpt = _restore(path)
     names = ["normal", *ckpt.category_names] + (["other"] if ckpt.config.open_set else [])
-    return lambda images, threshold: predict(net, images, threshold, batch_size=1), names
+    return lambda images, threshold: predict_original(net, images[0], threshold, resize), names
 
 
 @app.command("export")
@@ -408,6 +409,12 @@ def predict_cmd(
     engine: Annotated[
         str, typer.Option(help="torch (the checkpoint) or onnx (an exported .onnx file)")
     ] = "torch",
+    resize: Annotated[
+        str,
+        typer.Option(
+            help="auto | squash | pad | tile, as the run's dataset.resize (torch engine; onnx: squash)"
+        ),
+    ] = "auto",
 ) -> None:
     """Anomaly maps, class maps and overlay PNGs (colour per class, legend) for images, folders or globs.
 
@@ -434,6 +441,10 @@ def predict_cmd(
         raise ConfigError(f"--threshold: must be in (0, 1), got {threshold}")
     if engine not in ("torch", "onnx"):
         raise ConfigError(f"--engine: must be torch or onnx, got {engine!r}")
+    if resize not in ("auto", "squash", "pad", "tile"):
+        raise ConfigError(f"--resize: must be auto, squash, pad or tile, got {resize!r}")
+    if engine == "onnx" and resize not in ("auto", "squash"):
+        raise ConfigError(f"--resize {resize}: the onnx engine squashes (its graph takes one square size)")
     if engine == "onnx":
         if model.suffix != ".onnx":
             raise ConfigError(
@@ -450,7 +461,7 @@ def predict_cmd(
         for f in files:
             read_image(f)
             bar.advance(job)
-    run_model, names = _predictor(path, engine)
+    run_model, names = _predictor(path, engine, resize)
     rows = []
     with progress() as bar, atomic_dir(out, replace=True) as tmp:
         job = bar.add_task(f"predicting {len(files)} images", total=len(files))

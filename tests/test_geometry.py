@@ -26,7 +26,7 @@ from uniadc.geometry import (
     stitch_votes,
     tile_windows,
 )
-from uniadc.geometry.fitted import predict_canvas
+from uniadc.geometry.fitted import predict_canvas, predict_original
 
 
 def test_auto_pads_only_elongated_images():
@@ -121,8 +121,14 @@ def test_tile_mode_localises_a_defect_on_a_1024x128_strip():
     column = (x - left + 0.5) / w * 1024  # back to the strip's own columns
     assert 700 - 16 <= column <= 724 + 16, column
     assert top <= y < top + h
-    squashed = predict_canvas(model, [test], 0.5, "squash")  # the same model squashed misses the geometry
+    squashed = predict_canvas(model, [test], 0.5, "squash")
     assert squashed.valid.all()
+    for mode in ("tile", "pad"):  # `uniadc predict --resize`: maps at the strip's own size
+        full = predict_original(model, test, 0.5, mode)
+        assert full.anomaly_maps.shape == (1, 128, 1024) and full.class_maps.shape == (1, 128, 1024)
+        if mode == "tile":
+            y, x = np.unravel_index(int(np.argmax(full.anomaly_maps[0])), (128, 1024))
+            assert test_mask[max(y - 8, 0) : y + 8, max(x - 16, 0) : x + 16].any(), (y, x)
 
 
 def test_pipeline_on_elongated_images_pads_and_tiles(prefect_harness, tmp_path, one_torch_thread):

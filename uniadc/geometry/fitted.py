@@ -13,9 +13,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from uniadc.discriminator import decision
-from uniadc.discriminator.inference import predict
+from uniadc.discriminator.inference import Prediction, predict
 from uniadc.discriminator.model import Discriminator
-from uniadc.geometry.letterbox import fit_image, fit_map, fit_mask, letterbox_valid, resolved_resize
+from uniadc.geometry.letterbox import (
+    fit_image,
+    fit_map,
+    fit_mask,
+    letterbox_box,
+    letterbox_valid,
+    resolved_resize,
+)
 from uniadc.geometry.tiles import cut_tiles, stitch_mean, stitch_votes, tile_windows
 
 
@@ -87,4 +94,46 @@ def predict_canvas(
         valid=valid,
         reference_maps=reference,
         modes=modes,
+    )
+
+
+def _crop_back(values: np.ndarray, height: int, width: int, nearest: bool) -> np.ndarray:
+    """A letterboxed (S, S) map -> the image's own (height, width), the padding cut off."""
+    from PIL import Image
+
+    top, left, h, w = letterbox_box(height, width, values.shape[0])
+    crop = np.ascontiguousarray(values[top : top + h, left : left + w])
+    if nearest:
+        return np.asarray(Image.fromarray(crop).resize((width, height), Image.NEAREST))
+    return np.asarray(
+        Image.fromarray(crop.astype(np.float32), mode="F").resize((width, height), Image.BILINEAR)
+    )
+
+
+def predict_original(
+    model: Discriminator, image: np.ndarray, threshold: float, resize: str, overlap: float = 0.25
+) -> Prediction:
+    """One image of any size -> :class:`Prediction` at the image's own size under ``resize``: squash (the
+    model's map resized back), pad (letterboxed, padding cut off) or tile (stitched at full resolution)."""
+    h, w = image.shape[:2]
+    mode = resolved_resize(resize, h, w)
+    if mode == "squash":
+        return predict(model, image[None], threshold, batch_size=1)
+    if mode == "tile":
+        anomaly, argmax, ref = _tiled(model, image, threshold, overlap, model.num_classes + 1)
+    else:
+        fitted, _ = fit_image(image, model.image_size, "pad")
+        pred = predict(model, fitted[None], threshold, batch_size=1)
+        anomaly = _crop_back(pred.anomaly_maps[0], h, w, nearest=False)
+        argmax = _crop_back(pred.class_argmax[0], h, w, nearest=True)
+        ref = None if pred.reference_maps is None else _crop_back(pred.reference_maps[0], h, w, nearest=False)
+    class_maps = np.where(anomaly >= threshold, argmax, np.uint8(0)).astype(np.uint8)[None]
+    anomaly = anomaly.astype(np.float32)[None]
+    return Prediction(
+        anomaly_maps=anomaly,
+        class_maps=class_maps,
+        image_scores=decision.image_scores(anomaly),
+        image_classes=decision.image_classes(class_maps, model.num_classes),
+        class_argmax=argmax.astype(np.uint8)[None],
+        reference_maps=None if ref is None else ref.astype(np.float32)[None],
     )
