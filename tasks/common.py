@@ -137,3 +137,13 @@ def canvas_chunk(rows, config: RunConfig) -> tuple[np.ndarray, np.ndarray]:
     if not fitted:
         return np.zeros((0, size, size, 3), np.uint8), np.zeros((0, size, size), np.uint8)
     return np.stack([f[0] for f in fitted]), np.stack([f[1] for f in fitted])
+
+
+def geometry_line(config: RunConfig, modes: list[str]) -> str:
+    """Which geometry the images got, and the resolution the metrics are computed at."""
+    counts = ", ".join(f"{m} {modes.count(m)}" for m in sorted(set(modes)))
+    size = config.image_size
+    where = (
+        f"{size}x{size}" if set(modes) <= {"squash"} else f"long side {size}, aspect kept, padding left out"
+    )
+    return f"dataset.resize {config.dataset.resize} ({counts}); metrics at {where}"

@@ -32,7 +32,7 @@ from storage.layout import RunLayout, provenance
 from storage.parquet import write_part, write_table_atomic
 from storage.reports import write_metrics_table
 from storage.split import read_split
-from tasks.common import artifact_key, cache_key
+from tasks.common import artifact_key, cache_key, geometry_line
 from tasks.progress import StageProgress
 from tasks.train import load_model
 from uniadc import metrics
@@ -139,7 +139,7 @@ def evaluate_model(
     eval_classes = np.where(class_maps > k, 0, class_maps) if config.discriminator.open_set else class_maps
     labels = rows["label_index"].to_numpy().astype(np.int64)
     used = None if valid.all() else valid  # squashed images: every pixel counts (the historical result)
-    print(f"evaluate: {n} test images, {_geometry_line(config, modes)}")
+    print(f"evaluate: {n} test images, {geometry_line(config, modes)}")
     result = metrics.evaluate(anomaly_maps, gt_maps, eval_classes, k, labels=labels, valid=used)
     image_class = config.dataset.image_class or "magnetic_tile"
     table = metrics.metrics_table({image_class: result})
@@ -160,16 +160,6 @@ def evaluate_model(
         content_hash=digest,
         cache_key=key,
     )
-
-
-def _geometry_line(config: RunConfig, modes: list[str]) -> str:
-    """Which geometry the images got, and the resolution the metrics are computed at."""
-    counts = ", ".join(f"{m} {modes.count(m)}" for m in sorted(set(modes)))
-    size = config.image_size
-    where = (
-        f"{size}x{size}" if set(modes) <= {"squash"} else f"long side {size}, aspect kept, padding left out"
-    )
-    return f"dataset.resize {config.dataset.resize} ({counts}); metrics at {where}"
 
 
 def write_breakdown(

@@ -18,7 +18,7 @@ from storage.files import write_text_atomic
 from storage.parquet import read_parts
 from storage.reports import read_confusion
 from storage.split import read_split
-from tasks.common import canvas_chunk
+from tasks.common import canvas_chunk, geometry_line
 from uniadc.metrics import METRIC_COLUMNS
 from uniadc.report import ImageView, SyntheticView, render_report, thumbnail
 
@@ -81,6 +81,7 @@ def write_report(
         ),
         ("threshold", _threshold_line(config, root / model.uris["checkpoint"])),
         ("test images", str(evaluation.counts["test"])),
+        ("image geometry", _geometry_line(config, evaluation)),
     ]
     rows = [
         [r["image_class"], *(f"{100 * r[c]:.2f}" for c in METRIC_COLUMNS), r["n_images"]]
@@ -102,6 +103,11 @@ def write_report(
     out = root / "report.html"
     write_text_atomic(out, page)
     return str(out)
+
+
+def _geometry_line(config: RunConfig, evaluation: Manifest) -> str:
+    counts = {k.removeprefix("resize_"): n for k, n in evaluation.counts.items() if k.startswith("resize_")}
+    return geometry_line(config, [m for m, n in counts.items() for _ in range(n)])
 
 
 def _text_encoder_line(config: RunConfig) -> str:

@@ -168,6 +168,8 @@ def test_pipeline_on_elongated_images_pads_and_tiles(prefect_harness, tmp_path, 
     assert auto_m["support"].counts["normal"] == 2
     tile_m, tile_metrics = results["tile"]
     assert tile_m["evaluate"].counts["resize_tile"] == 4
+    report = (Path(tile_m["evaluate"].run_dir) / "report.html").read_text()
+    assert "dataset.resize tile (tile 4); metrics at long side 64, aspect kept" in report
     assert tile_m["support"].counts["normal"] == 2 * 5  # 64-px windows every 48 px along 256 px
     for metrics in (auto_metrics, tile_metrics):
         assert metrics["n_images"][0] == 4 and 0.0 <= metrics["p_auc"][0] <= 1.0
