@@ -19,6 +19,7 @@ from schemas.manifests import Manifest
 from storage.layout import RunLayout
 from storage.locks import run_lock
 from storage.store_gc import write_completed
+from uniadc.geometry.letterbox import PAD_ASPECT
 
 
 def cache_key(stage: str, version: str, *parts: str) -> str:
@@ -139,11 +140,18 @@ def canvas_chunk(rows, config: RunConfig) -> tuple[np.ndarray, np.ndarray]:
     return np.stack([f[0] for f in fitted]), np.stack([f[1] for f in fitted])
 
 
-def geometry_line(config: RunConfig, modes: list[str]) -> str:
-    """Which geometry the images got, and the resolution the metrics are computed at."""
-    counts = ", ".join(f"{m} {modes.count(m)}" for m in sorted(set(modes)))
+def geometry_line(config: RunConfig, counts: dict[str, int], metrics: bool = True) -> str:
+    """Which geometry the images got (``dataset.resize``: image counts per mode) and, with ``metrics``, the
+    resolution the metrics are computed at."""
+    text = (
+        f"dataset.resize {config.dataset.resize} ({', '.join(f'{m} {c}' for m, c in sorted(counts.items()))})"
+    )
+    if config.dataset.resize == "auto" and "pad" in counts:
+        text += f", auto letterboxes images more elongated than 1:{PAD_ASPECT}"
+    if not metrics:
+        return text
     size = config.image_size
     where = (
-        f"{size}x{size}" if set(modes) <= {"squash"} else f"long side {size}, aspect kept, padding left out"
+        f"{size}x{size}" if set(counts) <= {"squash"} else f"long side {size}, aspect kept, padding left out"
     )
-    return f"dataset.resize {config.dataset.resize} ({counts}); metrics at {where}"
+    return f"{text}; metrics at {where}"

@@ -37,7 +37,7 @@ from tasks.progress import StageProgress
 from tasks.train import load_model
 from uniadc import metrics
 from uniadc.analysis import category_metrics, confusion_matrix
-from uniadc.geometry import canvas
+from uniadc.geometry import fit_ground_truth
 from uniadc.geometry.fitted import predict_canvas
 
 STAGE = "evaluate"
@@ -99,7 +99,7 @@ def evaluate_model(
                 model, [im for im, _ in raw], config.threshold, config.dataset.resize,
                 config.dataset.tile_overlap,
             )  # fmt: skip
-            gt = np.stack([canvas(im, g, size, config.dataset.resize)[1] for im, g in raw])
+            gt = np.stack([fit_ground_truth(g, size, config.dataset.resize) for _, g in raw])
             stop = start + chunk.height
             image_pred[start:stop] = pred.image_classes
             valid[start:stop], modes = pred.valid, modes + pred.modes
@@ -139,7 +139,8 @@ def evaluate_model(
     eval_classes = np.where(class_maps > k, 0, class_maps) if config.discriminator.open_set else class_maps
     labels = rows["label_index"].to_numpy().astype(np.int64)
     used = None if valid.all() else valid  # squashed images: every pixel counts (the historical result)
-    print(f"evaluate: {n} test images, {geometry_line(config, modes)}")
+    counts = {m: modes.count(m) for m in sorted(set(modes))}
+    print(f"evaluate: {n} test images, {geometry_line(config, counts)}")
     result = metrics.evaluate(anomaly_maps, gt_maps, eval_classes, k, labels=labels, valid=used)
     image_class = config.dataset.image_class or "magnetic_tile"
     table = metrics.metrics_table({image_class: result})
@@ -156,7 +157,7 @@ def evaluate_model(
             "category_metrics": str((out / CATEGORY_FILE).relative_to(layout.root)),
             "confusion": str((out / CONFUSION_FILE).relative_to(layout.root)),
         },
-        counts={"test": n, **{f"resize_{m}": modes.count(m) for m in sorted(set(modes))}},
+        counts={"test": n, **{f"resize_{m}": c for m, c in counts.items()}},
         content_hash=digest,
         cache_key=key,
     )

@@ -107,7 +107,7 @@ def write_report(
 
 def _geometry_line(config: RunConfig, evaluation: Manifest) -> str:
     counts = {k.removeprefix("resize_"): n for k, n in evaluation.counts.items() if k.startswith("resize_")}
-    return geometry_line(config, [m for m, n in counts.items() for _ in range(n)])
+    return geometry_line(config, counts)
 
 
 def _text_encoder_line(config: RunConfig) -> str:

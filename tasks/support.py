@@ -20,8 +20,8 @@ from storage.images import read_image, read_mask
 from storage.layout import RunLayout, provenance
 from storage.parquet import write_table_atomic
 from storage.split import read_split
-from tasks.common import cache_key, file_sha256
-from uniadc.geometry import PAD_ASPECT, cut_tiles, fit_image, fit_mask, resolved_resize, tile_windows
+from tasks.common import cache_key, file_sha256, geometry_line
+from uniadc.geometry import cut_tiles, fit_image, fit_mask, resolved_resize, tile_windows
 
 STAGE = "support"
 STAGE_VERSION = "2"  # 2: dataset.resize (letterbox / tiles)
@@ -85,14 +85,6 @@ def _fitted_support(
     return table, np.stack(images), np.stack(masks), np.stack(valid), modes
 
 
-def _mode_summary(config: RunConfig, modes: list[str]) -> str:
-    counts = {m: modes.count(m) for m in sorted(set(modes))}
-    text = ", ".join(f"{m} {c}" for m, c in counts.items())
-    if config.dataset.resize == "auto" and "pad" in counts:
-        text += f"; resize auto letterboxes images more elongated than 1:{PAD_ASPECT}"
-    return f"dataset.resize {config.dataset.resize}: {text}"
-
-
 @task(name="support", persist_result=True)
 def prepare_support(config: RunConfig, split: Manifest, key: str) -> Manifest:
     """Read, resize and segment the support images once for every later stage."""
@@ -104,7 +96,8 @@ def prepare_support(config: RunConfig, split: Manifest, key: str) -> Manifest:
     )
     rows, images, masks, valid, modes = _fitted_support(config, rows)
     size, n = config.image_size, rows.height
-    print(f"support: {n} images at {size}x{size} ({_mode_summary(config, modes)})")
+    counts = {m: modes.count(m) for m in sorted(set(modes))}
+    print(f"support: {n} images at {size}x{size} ({geometry_line(config, counts, metrics=False)})")
     labels = rows["label_index"].to_numpy().astype(np.uint8)
     foregrounds = np.ones_like(masks)
     normal = labels == 0

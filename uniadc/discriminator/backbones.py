@@ -31,6 +31,11 @@ TF_LITE_STD = (128.0 / 255.0,) * 3
 EFFNET_LITE0_STAGES: tuple[tuple[int, int, int], ...] = ((4, 40, 8), (10, 112, 16), (15, 320, 32))
 
 
+def evenly_spaced_layers(depth: int, count: int = 4) -> tuple[int, ...]:
+    """0-based indices of ``count`` evenly spaced layers ending at the last (12 layers: 2, 5, 8, 11)."""
+    return tuple(sorted({max(depth * (i + 1) // count - 1, 0) for i in range(count)}))
+
+
 class FrozenBackbone(nn.Module):
     """Base class: input renormalisation, frozen weights, eval mode forever.
 
@@ -181,7 +186,7 @@ class ClipBackbone(FrozenBackbone):
         depth = len(visual.transformer.resblocks)
         if depth < 4:
             raise ValueError(f"clip vision tower needs >= 4 layers, got {depth}")
-        self.layers = tuple(sorted({depth * (i + 1) // 4 - 1 for i in range(4)}))
+        self.layers = evenly_spaced_layers(depth)
         patch = visual.patch_size
         self.channels = (visual.transformer.width,) * len(self.layers)
         self.strides = (patch[0] if isinstance(patch, tuple) else patch,) * len(self.layers)

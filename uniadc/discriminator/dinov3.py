@@ -28,17 +28,17 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from schemas.config import DiscriminatorConfig
-from uniadc.discriminator.backbones import IMAGENET_MEAN, IMAGENET_STD, FrozenBackbone
+from uniadc.discriminator.backbones import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    FrozenBackbone,
+    evenly_spaced_layers,
+)
 
 DINOV3_LAYOUT = "a transformers DINOv3ViTModel folder (config.json with model_type dinov3_vit + weights)"
 DINOTXT_LAYOUT = "a dino.txt checkpoint file (torch state dict with the text tower's tensors)"
 TEXT_ROOT = "backbone.token_embedding.weight"  # the key that locates the text tower inside a checkpoint
 HEAD_WIDTH = 64
-
-
-def evenly_spaced_layers(depth: int, count: int = 4) -> tuple[int, ...]:
-    """0-based indices of ``count`` evenly spaced layers ending at the last (12 layers: 2, 5, 8, 11)."""
-    return tuple(sorted({max(depth * (i + 1) // count - 1, 0) for i in range(count)}))
 
 
 class DinoV3Backbone(FrozenBackbone):

@@ -86,10 +86,14 @@ def canvas_mode(resize: str, height: int, width: int) -> str:
     return "pad" if mode == "tile" else mode
 
 
+def fit_ground_truth(gt: np.ndarray, size: int, resize: str) -> np.ndarray:
+    """An (H, W) ground-truth class map on its image's canvas (nearest), placed as the image is."""
+    return fit_mask(gt, size, canvas_mode(resize, *gt.shape[:2]))
+
+
 def canvas(
     image: np.ndarray, gt: np.ndarray, size: int, resize: str
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(image, ground-truth class map, valid) of one image on its canvas (for metrics and reports)."""
-    mode = canvas_mode(resize, *image.shape[:2])
-    fitted, valid = fit_image(image, size, mode)
-    return fitted, fit_mask(gt, size, mode), valid
+    fitted, valid = fit_image(image, size, canvas_mode(resize, *image.shape[:2]))
+    return fitted, fit_ground_truth(gt, size, resize), valid
