@@ -194,7 +194,7 @@ def preflight(config: RunConfig) -> None:
     from uniadc.discriminator.dinov3 import check_dino_weights
 
     check_dino_weights(config.discriminator)
-    check_writable(RunLayout.for_config(config.store, config.name).root)
+    check_writable(RunLayout.for_run(config).root)
     records = scan_dataset(config.dataset.kind, config.dataset.root, config.dataset.image_class, priors.names)
     draw_split(records, config)
     with progress() as bar:

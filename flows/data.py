@@ -13,7 +13,7 @@ from tasks.split import split_dataset, split_key
 def run_split(config: RunConfig) -> Manifest:
     """Submit the split task with its explicit cache key; usable inside any flow."""
     key = split_key(config)
-    options = stage_options(config.store)
+    options = stage_options(config.store, config.storage_options)
     return split_dataset.with_options(**options, task_run_name="split").submit(config, key).result()
 
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import polars as pl
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 
@@ -12,6 +9,8 @@ from flows.data import run_split
 from flows.regenerate import contact_sheet_path, run_regenerate, run_support
 from schemas.config import RunConfig
 from schemas.manifests import Manifest
+from storage.parquet import read_table
+from storage.paths import store_path
 from storage.priors import load_run_priors
 from tasks.artifacts import publish_summary
 from tasks.common import GPU_TAG, artifact_key, record_completed, run_folder_lock, stage_options
@@ -24,7 +23,7 @@ from uniadc.metrics import METRIC_COLUMNS, format_metrics_table
 def run_train(config: RunConfig, support: Manifest, samples: list[Manifest]) -> Manifest:
     priors = load_run_priors(config)
     key = train_key(config, priors, support, samples)
-    options = stage_options(config.store)
+    options = stage_options(config.store, config.storage_options)
     task = train_model.with_options(**options, task_run_name="train", tags=[GPU_TAG])
     return task.submit(config, priors, support, samples, key).result()
 
@@ -32,10 +31,10 @@ def run_train(config: RunConfig, support: Manifest, samples: list[Manifest]) -> 
 def run_evaluate(config: RunConfig, split: Manifest, model: Manifest) -> Manifest:
     priors = load_run_priors(config)
     key = evaluate_key(config, split, model)
-    options = stage_options(config.store)
+    options = stage_options(config.store, config.storage_options)
     task = evaluate_model.with_options(**options, task_run_name="evaluate", tags=[GPU_TAG])
     manifest = task.submit(config, priors, split, model, key).result()
-    table = pl.read_parquet(Path(manifest.run_dir) / manifest.uris["metrics"])
+    table = read_table(store_path(manifest.run_dir) / manifest.uris["metrics"])
     create_table_artifact(
         [
             {k: (round(100 * v, 2) if k in METRIC_COLUMNS else v) for k, v in row.items()}

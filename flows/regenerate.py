@@ -22,7 +22,7 @@ from tasks.support import prepare_support, support_key
 
 def run_support(config: RunConfig, split: Manifest) -> Manifest:
     key = support_key(config, split)
-    options = stage_options(config.store)
+    options = stage_options(config.store, config.storage_options)
     return (
         prepare_support.with_options(**options, task_run_name="support").submit(config, split, key).result()
     )
@@ -31,7 +31,7 @@ def run_support(config: RunConfig, split: Manifest) -> Manifest:
 def run_regenerate(config: RunConfig, support: Manifest) -> list[Manifest]:
     """Submit one task per category (independent, so a Dask runner can spread them); wait for all."""
     priors = load_run_priors(config)
-    options = stage_options(config.store)
+    options = stage_options(config.store, config.storage_options)
     progress = create_progress_artifact(
         0.0,
         key=artifact_key(config, "regenerate-progress"),
@@ -70,7 +70,7 @@ def run_regenerate(config: RunConfig, support: Manifest) -> list[Manifest]:
 
 
 def contact_sheet_path(config: RunConfig) -> Path:
-    return RunLayout.for_config(config.store, config.name).root / "contact_sheet.png"
+    return RunLayout.for_run(config).root / "contact_sheet.png"
 
 
 @flow(name="regenerate", log_prints=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -276,6 +277,9 @@ class RunConfig(_Frozen):
     discriminator: DiscriminatorConfig = DiscriminatorConfig()
     threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
     store: str = "runs"
+    # fsspec options of a store URL (s3: endpoint_url, key, secret, anon, client_kwargs...); not part of the
+    # config's hash or of the JSON recorded in the store, so credentials never land in its files
+    storage_options: dict[str, Any] = Field(default_factory=dict)
     runner: RunnerConfig = RunnerConfig()
     support: SupportConfig = SupportConfig()
 
@@ -294,7 +298,8 @@ class RunConfig(_Frozen):
 
     def to_json(self) -> str:
         """Canonical JSON (sorted keys) used for hashing and for the record in every store."""
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        data = self.model_dump(mode="json", exclude={"storage_options"})
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     def config_hash(self) -> str:
         return hashlib.sha256(self.to_json().encode()).hexdigest()
@@ -349,6 +354,8 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
         for part in section.split(".") if section else []:
             node = node.get(part) if isinstance(node, dict) else None
         if isinstance(node, dict) and isinstance(node.get(key), str) and node[key]:
+            if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", node[key]):
+                continue  # a URL (s3://bucket/prefix): not a path to resolve
             node[key] = str((base / Path(node[key]).expanduser()).resolve())
 
 

@@ -4,6 +4,9 @@ Each array is created once with its final length and chunked one sample per chun
 different samples never share a chunk (the measured failure mode of concurrent appends). A sample becomes visible
 only when the Parquet row that points at its index is committed (``storage.parquet``); an index without a row is
 garbage to be overwritten, never read.
+
+On an object store (a URL, ``storage.paths``) the group opens through zarr's fsspec store with the store's
+options; one chunk is one object, so writers of different samples still never share one.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from zarr.codecs import BloscCodec
 from storage.errors import StoreError
 from storage.faults import crash_point
 from storage.files import atomic_dir
+from storage.paths import is_remote, store_path
 
 _COMPRESSOR = BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
 
@@ -42,7 +46,7 @@ def create_group(
         attrs: group attributes (resolved config JSON, versions, git SHA).
         overwrite: start from nothing even if the group exists (the old one is swapped out atomically).
     """
-    path = Path(path)
+    path = store_path(path)
     if path.exists() and not overwrite:
         group = _open_matching(path, arrays)
         if group is not None:
@@ -58,7 +62,7 @@ def create_group(
             raise StoreError(f"{path}: another writer created it with missing arrays") from None
         return group
     crash_point("group-created")
-    return zarr.open_group(str(path), mode="r+")
+    return zarr.open_group(zarr_store(path), mode="r+")
 
 
 def _build(path: Path, arrays: dict[str, tuple[tuple[int, ...], str]], attrs: dict[str, Any]) -> None:
@@ -79,7 +83,7 @@ def _open_matching(path: Path, arrays: dict[str, tuple[tuple[int, ...], str]]) -
     """The group at ``path`` if it has every array with the expected layout; None if it lacks some (or its
     metadata); StoreError if an array exists with another shape or dtype."""
     try:
-        group = zarr.open_group(str(path), mode="r+")
+        group = zarr.open_group(zarr_store(path), mode="r+")
     except (FileNotFoundError, ValueError, KeyError, zarr.errors.GroupNotFoundError):
         return None
     present = set(group.array_keys())
@@ -91,11 +95,21 @@ def _open_matching(path: Path, arrays: dict[str, tuple[tuple[int, ...], str]]) -
     return group
 
 
+def zarr_store(path: str | Path, read_only: bool = False) -> Any:
+    """What ``zarr.open_group`` takes for ``path``: the folder name locally, an ``FsspecStore`` for a URL."""
+    path = store_path(path)
+    if not is_remote(path):
+        return str(path)
+    from zarr.storage import FsspecStore
+
+    return FsspecStore.from_url(str(path), storage_options=dict(path.storage_options), read_only=read_only)
+
+
 def open_group(path: str | Path, mode: str = "r") -> zarr.Group:
-    path = Path(path)
+    path = store_path(path)
     if not path.exists():
         raise StoreError(f"{path}: no such Zarr group")
-    return zarr.open_group(str(path), mode=mode)
+    return zarr.open_group(zarr_store(path, read_only=mode == "r"), mode=mode)
 
 
 def write_sample(group: zarr.Group, index: int, **arrays: np.ndarray) -> None:

@@ -31,6 +31,7 @@ from safetensors.torch import save_file
 from schemas.config import DiscriminatorConfig
 from storage.files import atomic_file
 from storage.layout import package_versions
+from storage.paths import local_copy, store_path
 
 FORMAT = "uniadc.discriminator/1"
 
@@ -81,7 +82,7 @@ def save_discriminator(
     path: str | Path, model: SavableDiscriminator, category_names: list[str] | None = None
 ) -> Path:
     """Write ``model`` to ``path`` (a ``.safetensors`` file) atomically; returns the path."""
-    path = Path(path)
+    path = store_path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"path must end in .safetensors, got {str(path)!r}")
     meta = {
@@ -106,11 +107,11 @@ def load_discriminator(path: str | Path) -> DiscriminatorCheckpoint:
     Raises:
         CheckpointError: missing file, not a discriminator checkpoint, or unreadable metadata.
     """
-    path = Path(path)
+    path = store_path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
+        with local_copy(path) as local, safe_open(str(local), framework="pt", device="cpu") as f:
             meta: dict[str, Any] = f.metadata() or {}
             state = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:  # safetensors raises its own error types for corrupt headers
@@ -137,7 +138,7 @@ def reference_calibration(path: str | Path) -> dict[str, float] | None:
     """``{"threshold", "scale", "normal_max", "learned_tau_logit", "probe_auc_learned", "probe_auc_reference",
     "probe_learned_max"}`` of a checkpoint's normal reference (floats; NaN where unset), None if it has none."""
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
+        with local_copy(path) as local, safe_open(str(local), framework="pt", device="cpu") as f:
             names = set(f.keys())
             if "reference.threshold" not in names:
                 return None

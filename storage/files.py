@@ -4,6 +4,9 @@ A file or folder is built under a temporary sibling named ``<name>.<pid>.<random
 with ``os.replace`` / ``os.rename`` only when complete, so a reader never sees a half-written file under its final
 name, and two writers of the same file never share a temporary (each one's rename is atomic; the last one wins
 and both wrote the same bytes). ``*.partial`` names are never read; ``uniadc store gc`` removes stale ones.
+
+On an object store (``storage.paths``: a URL) there is no rename: a file is built in a local temporary and
+uploaded under its final key (an object PUT is atomic), and a folder is uploaded with its top-level files last.
 """
 
 from __future__ import annotations
@@ -11,13 +14,14 @@ from __future__ import annotations
 import errno
 import os
 import secrets
-import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from storage.errors import StoreError
 from storage.faults import crash_point
+from storage.paths import fs_and_key, is_remote, remove_tree, store_path
 
 PARTIAL_SUFFIX = ".partial"
 
@@ -34,10 +38,7 @@ def _fsync(path: Path) -> None:
 
 
 def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists() or path.is_symlink():
-        path.unlink(missing_ok=True)
+    remove_tree(path)
 
 
 @contextmanager
@@ -46,7 +47,15 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
 
     On any exception the temporary is removed and ``path`` is left as it was.
     """
-    path = Path(path)
+    path = store_path(path)
+    if is_remote(path):
+        with tempfile.TemporaryDirectory(prefix="uniadc-") as local:
+            tmp = Path(local) / path.name
+            yield tmp
+            crash_point("file-written")
+            fs, key = fs_and_key(path)
+            fs.put_file(str(tmp), key)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_sibling(path)
     try:
@@ -66,7 +75,12 @@ def atomic_dir(path: str | Path, replace: bool = False) -> Iterator[Path]:
     of it keep them); otherwise the new folder is discarded and ``FileExistsError`` is raised (another writer got
     there first; the caller opens what it made).
     """
-    path = Path(path)
+    path = store_path(path)
+    if is_remote(path):
+        with tempfile.TemporaryDirectory(prefix="uniadc-") as local:
+            yield Path(local)
+            _upload_dir(Path(local), path, replace)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_sibling(path)
     tmp.mkdir()
@@ -86,6 +100,23 @@ def atomic_dir(path: str | Path, replace: bool = False) -> Iterator[Path]:
                 raise
     finally:
         _remove(tmp)
+
+
+def _upload_dir(local: Path, path: Path, replace: bool) -> None:
+    """Upload a built folder to an object store, deepest files first and the top-level files last, so the
+    folder's own metadata (a Zarr group's ``zarr.json``) appears only once everything under it is there. Without
+    rename there is no atomic swap: the check for an existing folder and the upload are two steps, which is why
+    an object store has one writer per category unit."""
+    fs, key = fs_and_key(path)
+    if fs.exists(key) and fs.find(key):
+        if not replace:
+            raise FileExistsError(errno.EEXIST, "exists", str(path))
+        remove_tree(path)
+    files = sorted(
+        (f for f in local.rglob("*") if f.is_file()), key=lambda f: (-len(f.relative_to(local).parts), str(f))
+    )
+    for f in files:
+        fs.put_file(str(f), f"{key}/{f.relative_to(local).as_posix()}")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -112,6 +143,8 @@ def is_stale_partial(path: str | Path) -> bool:
 
 def remove_stale_partials(path: str | Path) -> list[Path]:
     """Remove the stale temporaries of ``path`` (its ``<name>.*partial`` siblings); returns what was removed."""
+    if is_remote(path):
+        return []  # object-store temporaries are local and die with their process
     path = Path(path)
     if not path.parent.is_dir():
         return []
@@ -122,14 +155,14 @@ def remove_stale_partials(path: str | Path) -> list[Path]:
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
-    path = Path(path)
+    path = store_path(path)
     with atomic_file(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return path
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
-    path = Path(path)
+    path = store_path(path)
     with atomic_file(path) as tmp:
         tmp.write_bytes(data)
     return path
@@ -141,6 +174,15 @@ def safe_join(root: str | Path, *parts: str) -> Path:
     Raises:
         StoreError: naming the offending part and the root.
     """
+    if is_remote(root):
+        out = store_path(root)
+        for part in parts:
+            text = str(part)
+            bits = text.split("/")
+            if not text or text.startswith("/") or ".." in bits or "\x00" in text or "://" in text:
+                raise StoreError(f"{text!r}: not a relative path inside {out}")
+            out = out / text
+        return out
     base = Path(root).resolve()
     out = base
     for part in parts:
@@ -157,7 +199,10 @@ def safe_join(root: str | Path, *parts: str) -> Path:
 
 def check_writable(folder: str | Path, what: str = "store") -> Path:
     """Prove a file can be written and renamed in ``folder`` (or, when it does not exist yet, in its nearest
-    existing parent folder) without creating anything that stays; StoreError naming the folder otherwise."""
+    existing parent folder) without creating anything that stays; StoreError naming the folder otherwise.
+    On an object store: write and delete a probe object under ``folder``."""
+    if is_remote(folder):
+        return _check_remote_writable(store_path(folder), what)
     folder = Path(folder).resolve()
     probe_dir = folder
     while not probe_dir.exists() and probe_dir != probe_dir.parent:
@@ -169,4 +214,16 @@ def check_writable(folder: str | Path, what: str = "store") -> Path:
         probe.unlink()
     except OSError as exc:
         raise StoreError(f"{what} {folder}: not writable ({exc.strerror or exc} in {probe_dir})") from None
+    return folder
+
+
+def _check_remote_writable(folder: Path, what: str) -> Path:
+    fs, key = fs_and_key(folder)
+    probe = f"{key}/.uniadc-write-probe.{os.getpid()}.{secrets.token_hex(4)}"
+    try:
+        fs.pipe_file(probe, b"ok\n")
+        fs.rm_file(probe)
+    except Exception as exc:  # botocore/fsspec raise many types: credentials, endpoint, bucket, permission
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise StoreError(f"{what} {folder}: not writable ({reason})") from None
     return folder

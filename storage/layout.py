@@ -15,6 +15,8 @@
     <store>/.cache/, <store>/.results/             Prefect cache records and persisted task results (the cache
                                                    travels and is deleted with the store)
 
+``<store>`` is a folder or an object-store URL (``s3://bucket/prefix``; ``storage.paths``), same layout.
+
 Stage folders are addressed by their cache key, so editing one category's prior writes a new folder for that
 category and leaves the others (and their cache records) in place; ``uniadc store gc`` removes what no completed
 run references (``storage.store_gc``). Run and stage folders (named from config and priors) are built with
@@ -30,6 +32,7 @@ from importlib import metadata
 from pathlib import Path
 
 from storage.files import safe_join
+from storage.paths import register_store
 
 #: Packages whose versions can change a run's numbers; recorded in every store and checkpoint.
 TRACKED_PACKAGES = (
@@ -65,6 +68,13 @@ class RunLayout:
     @classmethod
     def for_config(cls, store: str | Path, name: str) -> RunLayout:
         return cls(safe_join(store, name))
+
+    @classmethod
+    def for_run(cls, config) -> RunLayout:
+        """The run folder of a ``RunConfig``; registers the store's ``storage_options`` first, so every path
+        under it (rebuilt from manifest strings in this process too) reaches the object store with them."""
+        register_store(config.store, config.storage_options)
+        return cls.for_config(config.store, config.name)
 
     def stage_dir(self, stage: str, key: str, unit: str = "") -> Path:
         """``<root>/<stage>-<key12>`` or ``<root>/<stage>/<unit>-<key12>`` for per-category stages."""

@@ -5,6 +5,10 @@ started twice, or two configs sharing a ``name``) waits for the first and then f
 both end with the same store; with ``wait=False`` it fails at once with one line naming the holder. The kernel
 drops the lock when its process dies (kill -9 included), so a crashed run never leaves the store stuck; the
 lock file itself is only a name and stays.
+
+An object store (``storage.paths``: a URL) has no locks: there the run folder is not locked, and a store is
+written by one writer per category unit (one flow per run name at a time; parallel categories write disjoint
+folders), which is what the scheduler (one deployment per run name, Dask tasks per category) gives.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from storage.errors import StoreError
+from storage.paths import is_remote
 
 LOCK_NAME = ".lock"
 _HELD: dict[Path, int] = {}  # run folders this process holds (a flow inside a flow does not wait on itself)
@@ -41,6 +46,9 @@ def run_lock(
         wait: block until the holder finishes; False raises StoreError when the lock is taken.
         on_wait: called once with a message before blocking (default: print it).
     """
+    if is_remote(run_root):
+        yield
+        return
     root = Path(run_root).resolve()
     if root in _HELD:
         _HELD[root] += 1
@@ -74,7 +82,9 @@ def run_lock(
 
 
 def is_locked(run_root: str | Path) -> bool:
-    """True while some process holds the lock of ``run_root``."""
+    """True while some process holds the lock of ``run_root`` (never on an object store)."""
+    if is_remote(run_root):
+        return False
     path = Path(run_root) / LOCK_NAME
     if not path.exists():
         return False

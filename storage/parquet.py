@@ -2,7 +2,8 @@
 
 A part is written to a temporary sibling unique to its writer (``storage.files.atomic_file``) and renamed into
 place, so a reader globbing ``*.parquet`` never sees a half-written part, and two writers of one part never
-clash. Parts are validated against the declared pyarrow schema on write.
+clash. Parts are validated against the declared pyarrow schema on write. On an object store a part is uploaded
+once under its final key (``storage.files.atomic_file``), so the same holds there.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ import pyarrow.parquet as pq
 
 from storage.errors import StoreError
 from storage.files import atomic_file
+from storage.paths import is_remote, store_path
 
 
 def write_table_atomic(table: pa.Table, path: str | Path, schema: pa.Schema | None = None) -> Path:
     """Write one Parquet file atomically (unique temporary + fsync + rename)."""
-    path = Path(path)
+    path = store_path(path)
     if schema is not None:
         if not table.schema.equals(schema, check_metadata=False):
             try:
@@ -38,11 +40,15 @@ def part_name(index: int) -> str:
 def write_part(folder: str | Path, index: int, rows: dict[str, list], schema: pa.Schema) -> Path:
     """Write rows (column -> values) as part ``index`` of the table in ``folder``."""
     table = pa.table({name: rows[name] for name in schema.names}, schema=schema)
-    return write_table_atomic(table, Path(folder) / part_name(index), schema)
+    return write_table_atomic(table, store_path(folder) / part_name(index), schema)
 
 
 def list_parts(folder: str | Path) -> list[Path]:
-    folder = Path(folder)
+    folder = store_path(folder)
+    if is_remote(folder):
+        fs, key = folder.fs, folder.path
+        names = fs.glob(f"{key}/part-*.parquet") if fs.exists(key) else []
+        return sorted(folder / n.rsplit("/", 1)[-1] for n in names)
     return sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
 
 
@@ -53,4 +59,21 @@ def read_parts(folder: str | Path, schema: pa.Schema | None = None) -> pl.DataFr
         if schema is None:
             return pl.DataFrame()
         return pl.from_arrow(schema.empty_table())
-    return pl.read_parquet([str(p) for p in parts])
+    if not is_remote(folder):
+        return pl.read_parquet([str(p) for p in parts])
+    return pl.concat([read_table(p) for p in parts], how="vertical")
+
+
+def read_table(path: str | Path) -> pl.DataFrame:
+    """One Parquet file (local or on an object store) as a DataFrame."""
+    path = store_path(path)
+    return pl.read_parquet(path) if not is_remote(path) else pl.from_arrow(read_arrow(path))
+
+
+def read_arrow(path: str | Path) -> pa.Table:
+    """One Parquet file (local or on an object store) as a pyarrow table, schema metadata included."""
+    path = store_path(path)
+    if not is_remote(path):
+        return pq.read_table(path)
+    with path.open("rb") as fh:
+        return pq.read_table(fh)

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from schemas.tables import METRICS
-from storage.parquet import write_table_atomic
+from storage.parquet import read_arrow, read_table, write_table_atomic
+from storage.paths import store_path
 
 
 def write_metrics_table(table: pl.DataFrame, path: str | Path) -> Path:
@@ -29,7 +29,7 @@ def write_metrics_table(table: pl.DataFrame, path: str | Path) -> Path:
     Raises:
         ValueError: if the columns differ from the schema's or a column cannot be cast to its type.
     """
-    path = Path(path)
+    path = store_path(path)
     if path.suffix != ".parquet":
         raise ValueError(f"path must end in .parquet, got {str(path)!r}")
     if set(table.columns) != set(METRICS.names):
@@ -43,7 +43,7 @@ def write_metrics_table(table: pl.DataFrame, path: str | Path) -> Path:
 
 def read_metrics_table(path: str | Path) -> pl.DataFrame:
     """Reads a table written by :func:`write_metrics_table`, checking it against ``METRICS``."""
-    arrow = pq.read_table(path)
+    arrow = read_arrow(path)
     if not arrow.schema.equals(METRICS):
         raise ValueError(f"{path} does not hold the METRICS schema: {arrow.schema}")
     return pl.from_arrow(arrow)
@@ -51,7 +51,7 @@ def read_metrics_table(path: str | Path) -> pl.DataFrame:
 
 def read_confusion(path: str | Path) -> tuple[np.ndarray, list[str], list[str]]:
     """``confusion.parquet`` (long form) -> (counts (true classes, predicted classes), row names, column names)."""
-    cells = pl.read_parquet(path)
+    cells = read_table(path)
     rows = cells.select("true_index", "true_name").unique().sort("true_index")
     cols = cells.select("pred_index", "pred_name").unique().sort("pred_index")
     matrix = np.zeros((rows.height, cols.height), np.int64)

@@ -27,7 +27,7 @@ from schemas.tables import SPLIT
 from storage.datasets import ImageRecord
 from storage.errors import DataError
 from storage.images import read_mask
-from storage.parquet import write_table_atomic
+from storage.parquet import read_table, write_table_atomic
 
 
 def _rng(seed: int, purpose: str) -> np.random.Generator:
@@ -133,4 +133,4 @@ def write_split(table: pa.Table, path: str | Path) -> None:
 
 
 def read_split(path: str | Path) -> pl.DataFrame:
-    return pl.read_parquet(path)
+    return read_table(path)

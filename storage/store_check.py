@@ -12,29 +12,30 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
-import zarr
 
 from schemas.tables import SAMPLES
+from storage.arrays import open_group
 from storage.parquet import read_parts
+from storage.paths import store_path
 
 ARRAYS = ("images", "masks", "class_masks")
 
 
 def _category_dirs(run_root: Path) -> list[Path]:
-    folder = Path(run_root) / "regenerate"
+    folder = store_path(run_root) / "regenerate"
     return sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
 
 
 def sample_problems(run_root: str | Path) -> list[str]:
     """Every inconsistency found in ``run_root``'s regenerate folders (empty list: consistent)."""
     problems = []
-    for d in _category_dirs(Path(run_root)):
+    for d in _category_dirs(run_root):
         rows = read_parts(d / "samples", SAMPLES)
         group_path = d / "samples.zarr"
         if not group_path.is_dir():
             problems.append(f"{d}: no samples.zarr")
             continue
-        group = zarr.open_group(str(group_path), mode="r")
+        group = open_group(group_path)
         missing = [a for a in ARRAYS if a not in set(group.array_keys())]
         if missing:
             problems.append(f"{group_path}: arrays {missing} missing")
@@ -57,9 +58,9 @@ def sample_problems(run_root: str | Path) -> list[str]:
 def samples_digest(run_root: str | Path) -> dict[str, str]:
     """category folder name -> sha256 of its arrays and rows (without ``created_at`` and ``config_hash``)."""
     out = {}
-    for d in _category_dirs(Path(run_root)):
+    for d in _category_dirs(run_root):
         h = hashlib.sha256()
-        group = zarr.open_group(str(d / "samples.zarr"), mode="r")
+        group = open_group(d / "samples.zarr")
         for name in ARRAYS:
             h.update(np.ascontiguousarray(group[name][:]).tobytes())
         rows = read_parts(d / "samples", SAMPLES).drop("created_at", "config_hash").sort("zarr_index")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-import shutil
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from pathlib import Path
 from storage.errors import StoreError
 from storage.files import is_stale_partial, safe_join, write_text_atomic
 from storage.locks import run_lock
+from storage.paths import is_remote, remove_tree, store_path, tree_size
 
 RECORDS = "completed"
 STAGE_DIR = re.compile(r"[a-z_]+-[0-9a-f]{12}")
@@ -45,7 +45,7 @@ def write_completed(
         config_json: the config, kept in the record for people reading it.
         stages: stage name -> list of ``(folder relative to run_root, full cache key)``.
     """
-    root = Path(run_root)
+    root = store_path(run_root)
     path = safe_join(root, RECORDS, f"{config_hash}.json")
     old = json.loads(path.read_text()) if path.is_file() else {"stages": {}}
     merged = dict(old.get("stages", {}))
@@ -95,25 +95,32 @@ def _stage_dirs(run_root: Path) -> Iterable[Path]:
             yield from (u for u in p.iterdir() if u.is_dir() and UNIT_DIR.fullmatch(u.name))
 
 
+def _same(path: Path) -> str:
+    """A comparable name of a folder: resolved locally, the URL itself on an object store."""
+    return str(path) if is_remote(path) else str(path.resolve())
+
+
 def plan_gc(store: str | Path) -> GcPlan:
     """Decide what is garbage in ``store`` (reads only)."""
-    store = Path(store)
+    store = store_path(store)
     if not store.is_dir():
         raise StoreError(f"--store {store}: no such store folder")
     plan = GcPlan()
     for run_root in _run_folders(store):
-        keep: set[Path] = set()
+        keep: set[str] = set()
         for record in _records(run_root):
             for entries in record.get("stages", {}).values():
                 for folder, key in entries:
-                    keep.add((run_root / folder).resolve())
+                    keep.add(_same(run_root / folder))
                     plan.kept_keys.add(key)
-        plan.stage_dirs += [d for d in sorted(_stage_dirs(run_root)) if d.resolve() not in keep]
+        plan.stage_dirs += [d for d in sorted(_stage_dirs(run_root)) if _same(d) not in keep]
     for sub, out in ((".cache", plan.cache_records), (".results", plan.results)):
         folder = store / sub
         if folder.is_dir():
             out += sorted(p for p in folder.iterdir() if p.name not in plan.kept_keys)
     removed = set(plan.stage_dirs)
+    if is_remote(store):
+        return plan  # object-store temporaries are local files of their writer
     plan.partials = sorted(
         p
         for p in store.rglob("*.partial")
@@ -122,30 +129,22 @@ def plan_gc(store: str | Path) -> GcPlan:
     return plan
 
 
-def _size(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
 def collect_garbage(store: str | Path, dry_run: bool = False) -> tuple[GcPlan, int]:
     """Remove the garbage of ``store`` (see the module docstring); returns the plan and the bytes it held.
 
     Raises:
         StoreError: the store is missing, a record is unreadable, or a run folder is being written.
     """
-    store = Path(store).resolve()
+    store = store_path(store)
+    store = store if is_remote(store) else store.resolve()
     if not store.is_dir():
         raise StoreError(f"--store {store}: no such store folder")
     with ExitStack() as locks:
         for run_root in _run_folders(store):
             locks.enter_context(run_lock(run_root, wait=False))
         plan = plan_gc(store)
-        size = sum(_size(p) for p in plan.paths)
+        size = sum(tree_size(p) for p in plan.paths)
         if not dry_run:
             for p in plan.paths:
-                if p.is_dir() and not p.is_symlink():
-                    shutil.rmtree(p)
-                else:
-                    p.unlink(missing_ok=True)
+                remove_tree(p)
     return plan, size

@@ -15,7 +15,8 @@ from prefect.artifacts import create_markdown_artifact
 from schemas.config import RunConfig
 from schemas.manifests import Manifest
 from storage.arrays import open_group, read_samples
-from storage.parquet import read_parts
+from storage.parquet import read_parts, read_table
+from storage.paths import store_path
 from storage.reports import read_confusion
 from storage.split import read_split
 from tasks.common import artifact_key, canvas_chunk
@@ -40,7 +41,7 @@ def _md_table(columns: list[str], rows: list[list[object]]) -> str:
 def publish_samples(config: RunConfig, manifests: list[Manifest]) -> None:
     """One markdown artifact per category: counts, mean selection score and a strip of selected samples."""
     for m in manifests:
-        group = open_group(Path(m.run_dir) / m.uris["zarr"])
+        group = open_group(store_path(m.run_dir) / m.uris["zarr"])
         idx = np.arange(min(STRIP, m.counts["samples"]))
         images, masks = read_samples(group, "images", idx), read_samples(group, "masks", idx)
         strip = np.concatenate(
@@ -100,9 +101,9 @@ def publish_summary(
     config: RunConfig, split: Manifest, evaluation: Manifest, report: str, contact_sheet: str | None
 ) -> None:
     """The run's markdown summary artifact ``<run>-summary``."""
-    root = Path(evaluation.run_dir)
-    table = pl.read_parquet(root / evaluation.uris["metrics"])
-    per_cat = pl.read_parquet(root / evaluation.uris["category_metrics"])
+    root = store_path(evaluation.run_dir)
+    table = read_table(root / evaluation.uris["metrics"])
+    per_cat = read_table(root / evaluation.uris["category_metrics"])
     matrix, true_names, cols = read_confusion(root / evaluation.uris["confusion"])
     confusion = [[name, *matrix[i].tolist()] for i, name in enumerate(true_names)]
     parts = [
@@ -128,8 +129,9 @@ def publish_summary(
         f"## Files\n\n- report: `{report}`"
         + (f"\n- contact sheet: `{contact_sheet}`" if contact_sheet else ""),
     ]
-    if contact_sheet and Path(contact_sheet).is_file():
-        sheet = Image.open(contact_sheet).convert("RGB")
+    if contact_sheet and store_path(contact_sheet).is_file():
+        with store_path(contact_sheet).open("rb") as fh:
+            sheet = Image.open(fh).convert("RGB")
         sheet.thumbnail((720, 720))
         arr = np.asarray(sheet)
         parts.append(

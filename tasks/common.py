@@ -12,12 +12,13 @@ from typing import Any
 
 import numpy as np
 from prefect.cache_policies import CacheKeyFnPolicy
-from prefect.filesystems import LocalFileSystem
+from prefect.filesystems import LocalFileSystem, RemoteFileSystem
 
 from schemas.config import RunConfig
 from schemas.manifests import Manifest
 from storage.layout import RunLayout
 from storage.locks import run_lock
+from storage.paths import is_remote, store_path
 from storage.store_gc import write_completed
 from uniadc.geometry.letterbox import PAD_ASPECT
 
@@ -39,7 +40,7 @@ def artifact_key(config: RunConfig, what: str) -> str:
 
 def run_folder_lock(config: RunConfig):
     """The lock every flow holds on its run folder (``storage.locks``): a second run of it waits."""
-    return run_lock(RunLayout.for_config(config.store, config.name).root)
+    return run_lock(RunLayout.for_run(config).root)
 
 
 def record_completed(config: RunConfig, manifests: Sequence[Manifest]) -> None:
@@ -48,7 +49,7 @@ def record_completed(config: RunConfig, manifests: Sequence[Manifest]) -> None:
     for m in manifests:
         first = next(iter(m.uris.values()))
         stages.setdefault(m.stage, []).append((str(Path(first).parent), record_key(config, m.cache_key)))
-    root = RunLayout.for_config(config.store, config.name).root
+    root = RunLayout.for_run(config).root
     write_completed(root, config.config_hash(), config.to_json(), stages)
 
 
@@ -62,20 +63,28 @@ def gpu_tags(config: RunConfig) -> list[str]:
     return [GPU_TAG] if gpu else []
 
 
-def stage_options(store_root: str | Path) -> dict[str, Any]:
+def stage_options(store_root: str | Path, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """``Task.with_options`` keywords that keep a stage's cache inside its store.
 
     The cache key is the task's explicit ``key`` parameter; both the cache records and the persisted results
     live under the store (``.cache`` and ``.results``), so a store carries its own cache: deleting it deletes
     the cache, and any worker, whatever its ``PREFECT_HOME``, can read it. Prefect accepts only saved storage
     blocks for results, so one ``LocalFileSystem`` block per store is saved (idempotently) on the API in use.
+    On an object store both are ``RemoteFileSystem`` blocks (fsspec) under the URL, with the store's
+    ``storage_options`` as their settings (none when the environment holds the credentials).
     """
-    root = Path(store_root).resolve()
-    name = "uniadc-store-" + hashlib.sha256(str(root).encode()).hexdigest()[:16]
-    storage = LocalFileSystem(basepath=str(root / ".results"))
-    storage.save(name, overwrite=True)
-    policy = CacheKeyFnPolicy(cache_key_fn=key_from_params).configure(key_storage=str(root / ".cache"))
-    return {"cache_policy": policy, "result_storage": storage}
+    if is_remote(store_root):
+        root = str(store_root).rstrip("/")
+        settings = dict(storage_options or {})
+        results: Any = RemoteFileSystem(basepath=f"{root}/.results", settings=settings)
+        keys: Any = RemoteFileSystem(basepath=f"{root}/.cache", settings=settings)
+    else:
+        root = str(Path(store_root).resolve())
+        results, keys = LocalFileSystem(basepath=f"{root}/.results"), f"{root}/.cache"
+    name = "uniadc-store-" + hashlib.sha256(root.encode()).hexdigest()[:16]
+    results.save(name, overwrite=True)
+    policy = CacheKeyFnPolicy(cache_key_fn=key_from_params).configure(key_storage=keys)
+    return {"cache_policy": policy, "result_storage": results}
 
 
 class _NoTraceback(logging.Filter):
@@ -106,7 +115,7 @@ def quiet_task_tracebacks() -> None:
 
 def file_sha256(path: str | Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with store_path(path).open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()

@@ -64,7 +64,7 @@ def evaluate_model(
     config: RunConfig, priors: PriorsFile, split: Manifest, model_manifest: Manifest, key: str
 ) -> Manifest:
     """Predict every test image, store maps and rows, compute I-AUC / P-AUC / PRO / Acc / mIoU."""
-    layout = RunLayout.for_config(config.store, config.name)
+    layout = RunLayout.for_run(config)
     out = layout.stage_dir(STAGE, key)
     model = load_model(layout.root / model_manifest.uris["checkpoint"])
     rows = read_split(layout.root / split.uris["split"]).filter(pl.col("split") == "test").sort("image_id")

@@ -25,7 +25,7 @@ from schemas.tables import SAMPLES
 from storage.arrays import create_group, open_group, read_samples, write_sample
 from storage.faults import crash_point
 from storage.layout import RunLayout, provenance
-from storage.parquet import read_parts, write_part
+from storage.parquet import read_parts, read_table, write_part
 from tasks.common import artifact_key, cache_key
 from tasks.progress import StageProgress
 
@@ -67,7 +67,7 @@ def category_key(config: RunConfig, priors: PriorsFile, category: str, support: 
 
 def _load_support(layout: RunLayout, support: Manifest) -> tuple[dict[str, np.ndarray], pl.DataFrame]:
     group = open_group(layout.root / support.uris["zarr"])
-    rows = pl.read_parquet(layout.root / support.uris["rows"])
+    rows = read_table(layout.root / support.uris["rows"])
     idx = np.arange(rows.height)
     return {name: read_samples(group, name, idx) for name in ("images", "masks", "foregrounds")}, rows
 
@@ -169,7 +169,7 @@ def regenerate_category(
     config: RunConfig, priors: PriorsFile, category: str, support: Manifest, key: str
 ) -> Manifest:
     """Synthesise and select ``synthesis.samples_per_category`` samples of ``category``; resumable."""
-    layout = RunLayout.for_config(config.store, config.name)
+    layout = RunLayout.for_run(config)
     out = layout.stage_dir(STAGE, key, unit=category)
     n, size = config.synthesis.samples_per_category, config.image_size
     prior = priors.category(category)

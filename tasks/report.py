@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -15,7 +14,8 @@ from schemas.priors import PriorsFile
 from storage.arrays import open_group, read_samples
 from storage.checkpoints import reference_calibration
 from storage.files import write_text_atomic
-from storage.parquet import read_parts
+from storage.parquet import read_parts, read_table
+from storage.paths import store_path
 from storage.reports import read_confusion
 from storage.split import read_split
 from tasks.common import canvas_chunk, geometry_line
@@ -35,9 +35,9 @@ def write_report(
     model: Manifest,
     evaluation: Manifest,
 ) -> str:
-    root = Path(evaluation.run_dir)
-    metrics = pl.read_parquet(root / evaluation.uris["metrics"])
-    per_category = pl.read_parquet(root / evaluation.uris["category_metrics"]).to_dicts()
+    root = store_path(evaluation.run_dir)
+    metrics = read_table(root / evaluation.uris["metrics"])
+    per_category = read_table(root / evaluation.uris["category_metrics"]).to_dicts()
     confusion, _, _ = read_confusion(root / evaluation.uris["confusion"])
     split_rows = read_split(root / split.uris["split"]).select("image_id", "path", "mask_path")
     preds = (

@@ -41,7 +41,7 @@ def split_dataset(config: RunConfig, key: str) -> Manifest:
     priors = load_run_priors(config)
     records = scan_dataset(config.dataset.kind, config.dataset.root, config.dataset.image_class, priors.names)
     table = split_table(records, config)
-    layout = RunLayout.for_config(config.store, config.name)
+    layout = RunLayout.for_run(config)
     out = layout.stage_dir(STAGE, key) / "split.parquet"
     write_split(table, out)
     splits = table.column("split").to_pylist()

@@ -88,7 +88,7 @@ def _fitted_support(
 @task(name="support", persist_result=True)
 def prepare_support(config: RunConfig, split: Manifest, key: str) -> Manifest:
     """Read, resize and segment the support images once for every later stage."""
-    layout = RunLayout.for_config(config.store, config.name)
+    layout = RunLayout.for_run(config)
     rows = (
         read_split(layout.root / split.uris["split"])
         .filter(pl.col("split") == "support")

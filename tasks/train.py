@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 from prefect import task
 
 from schemas.config import RunConfig
@@ -24,7 +23,8 @@ from schemas.tables import SAMPLES
 from storage.arrays import open_group, read_samples
 from storage.checkpoints import load_discriminator, save_discriminator
 from storage.layout import RunLayout
-from storage.parquet import read_parts
+from storage.parquet import read_parts, read_table
+from storage.paths import store_path
 from tasks.common import artifact_key, cache_key
 from tasks.progress import StageProgress
 from uniadc.augment import augment_with_views
@@ -56,7 +56,7 @@ def load_training_data(
 ) -> TrainingData:
     """Read the training arrays of a run through its manifests."""
     group = open_group(root / support.uris["zarr"])
-    rows = pl.read_parquet(root / support.uris["rows"])
+    rows = read_table(root / support.uris["rows"])
     labels = rows["label_index"].to_numpy()
     idx_normal = np.flatnonzero(labels == 0)
     idx_real = np.flatnonzero(labels > 0) if few_shot else np.zeros(0, np.int64)
@@ -149,11 +149,11 @@ def train_model(
     config: RunConfig, priors: PriorsFile, support: Manifest, samples: list[Manifest], key: str
 ) -> Manifest:
     """Train the discriminator for ``discriminator.iterations`` and save the last iteration."""
-    layout = RunLayout.for_config(config.store, config.name)
+    layout = RunLayout.for_run(config)
     data = load_training_data(layout.root, support, samples, few_shot=config.setting == "few_shot")
     if config.discriminator.open_set:
         group = open_group(layout.root / support.uris["zarr"])
-        labels = pl.read_parquet(layout.root / support.uris["rows"])["label_index"].to_numpy()
+        labels = read_table(layout.root / support.uris["rows"])["label_index"].to_numpy()
         fgs = read_samples(group, "foregrounds", np.flatnonzero(labels == 0))
         extra, extra_masks = class_agnostic_anomalies(config, data.normals, fgs, len(priors.categories) + 1)
         real = (
@@ -191,7 +191,7 @@ def train_model(
         )
     out = layout.stage_dir(STAGE, key) / "model.safetensors"
     save_discriminator(out, model, priors.names)
-    digest = hashlib.sha256(Path(out).read_bytes()).hexdigest()
+    digest = hashlib.sha256(store_path(out).read_bytes()).hexdigest()
     return Manifest(
         stage=STAGE,
         run_dir=str(layout.root),
