@@ -155,7 +155,7 @@ def reporting_server(config: RunConfig) -> Iterator[None]:
         yield
 
 
-def load_config(config: Path, overrides: list[str] | None, store: Path | None = None) -> RunConfig:
+def load_config(config: Path, overrides: list[str] | None, store: str | None = None) -> RunConfig:
     extra = list(overrides or [])
     if store is not None:
         extra.append(f"store={store}")
@@ -292,7 +292,12 @@ def data_demo(
     console.print(f"{summary['n_images']} images, {summary['n_masks']} masks", highlight=False)
 
 
-StoreOpt = Annotated[Path | None, typer.Option("--store", help="output store folder (overrides the config)")]
+StoreOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--store", help="output store: a folder or a URL such as s3://bucket/prefix (overrides the config)"
+    ),
+]
 
 
 @app.command("regenerate")
@@ -493,7 +498,7 @@ def predict_cmd(
 @store_app.command("gc")
 @user_errors
 def store_gc(
-    store: Annotated[Path, typer.Option("--store", help="the store folder")],
+    store: Annotated[str, typer.Option("--store", help="the store: a folder or a URL (s3://bucket/prefix)")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="list what would go, remove nothing")] = False,
 ) -> None:
     """Remove stage folders, cache records, results and stale temporaries no completed run references."""

@@ -85,7 +85,7 @@ def regenerate_flow(config: RunConfig) -> list[Manifest]:
         for m in manifests:
             print(
                 f"{m.key}: {m.counts['samples']} samples (mean score {m.counts['mean_score_milli'] / 1000:.3f}) "
-                f"-> {m.run_dir}/{m.uris['zarr']}"
+                f"-> {m.run_dir}/{m.uris['zarr']} (made by worker {m.worker or 'unknown'})"
             )
         print(f"contact sheet: {sheet}")
         return manifests

@@ -19,6 +19,8 @@ class Manifest(BaseModel):
         counts: named counts, e.g. ``{"samples": 16}``.
         content_hash: sha256 over the outputs' content (arrays and committed rows).
         cache_key: the key this stage was cached under.
+        worker: ``host:pid`` of the process that computed it (provenance only: no hash or key reads it; a
+            cached manifest keeps the worker of the run that made it).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -30,3 +32,4 @@ class Manifest(BaseModel):
     counts: dict[str, int] = Field(default_factory=dict)
     content_hash: str
     cache_key: str = ""
+    worker: str = ""

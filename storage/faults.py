@@ -4,7 +4,9 @@
 ``n``-th time (default 1) it reaches ``crash_point(<point>)``. Unset, a crash point costs one dictionary lookup.
 Points: ``file-written`` (a temporary is complete, not yet renamed), ``group-built`` (a Zarr group is complete
 in its temporary folder), ``group-created`` (just renamed into place, no sample yet), ``sample-written`` (a
-sample's arrays are written, its row not yet committed), ``part-committed`` (a Parquet part just renamed in).
+sample's arrays are written, its row not yet committed), ``part-committed`` (a Parquet part just renamed in),
+``dir-partly-uploaded`` (object store: the first file of a folder, e.g. one array of a Zarr group, uploaded and
+the rest not).
 """
 
 from __future__ import annotations

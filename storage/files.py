@@ -115,8 +115,10 @@ def _upload_dir(local: Path, path: Path, replace: bool) -> None:
     files = sorted(
         (f for f in local.rglob("*") if f.is_file()), key=lambda f: (-len(f.relative_to(local).parts), str(f))
     )
-    for f in files:
+    for i, f in enumerate(files):
         fs.put_file(str(f), f"{key}/{f.relative_to(local).as_posix()}")
+        if i == 0:
+            crash_point("dir-partly-uploaded")
 
 
 def _pid_alive(pid: int) -> bool:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import hashlib
+import os
+import socket
 import zlib
 
 import numpy as np
@@ -249,4 +251,5 @@ def regenerate_category(
         },
         content_hash=digest.hexdigest(),
         cache_key=key,
+        worker=f"{socket.gethostname()}:{os.getpid()}",
     )
