@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -188,6 +189,12 @@ def test_dask_runner_matches_the_thread_runner(tmp_path, tiny):
     assert r2.returncode == 0, r2.stderr[-3000:]
     a, b = samples_digest(tmp_path / "dask" / "load"), samples_digest(tmp_path / "thread" / "load")
     assert len(a) == 3 and a == b
+    # each category's manifest names the process that made it: the categories were spread over both workers
+    dask_workers = re.findall(r"\(made by worker (\S+:\d+)\)", r.stdout + r.stderr)
+    thread_workers = re.findall(r"\(made by worker (\S+:\d+)\)", r2.stdout + r2.stderr)
+    assert len(dask_workers) == 3 and len(set(dask_workers)) > 1, dask_workers
+    assert len(thread_workers) == 3 and len(set(thread_workers)) == 1, thread_workers
+    assert not set(dask_workers) & set(thread_workers)
     assert "distributed.nanny" not in r.stderr  # Dask's INFO chatter stays out of the console
 
 
