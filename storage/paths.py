@@ -86,7 +86,9 @@ def store_path(path: str | os.PathLike) -> Path:
     except ImportError as exc:  # pragma: no cover - declared in the s3 extra
         raise ImportError(f"{text}: a store URL needs universal-pathlib (pip install 'uniadc[s3]')") from exc
     text = text.rstrip("/")
-    return UPath(text, **options_for(text))
+    # no listings cache: other processes (Dask workers, a resumed run) write under the same prefix, and a
+    # cached folder listing would answer "no such file" for what they wrote since
+    return UPath(text, **{"use_listings_cache": False, **options_for(text)})
 
 
 def fs_and_key(path: str | os.PathLike) -> tuple[Any, str]:

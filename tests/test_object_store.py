@@ -264,3 +264,74 @@ def test_kill_9_on_s3_then_resume_equals_uninterrupted(s3, prepared_s3, point, t
     regenerate_category.fn(cfg, priors, "hole", support, key)
     assert sample_problems(run) == []
     assert samples_digest(run) == reference
+
+
+# ---------------------------------------------------------------- the path layer on memory:// (no server)
+
+
+def test_store_paths_keep_local_paths_and_confine_urls(tmp_path):
+    from storage.errors import StoreError
+    from storage.files import safe_join
+    from storage.paths import is_remote, options_for, register_store, store_path
+
+    assert store_path(str(tmp_path)) == tmp_path and not is_remote(tmp_path)
+    assert store_path(f"file://{tmp_path}") == tmp_path
+    register_store("s3://bkt/a", {"anon": True})
+    register_store("s3://bkt/a/b", {"anon": False})
+    assert options_for("s3://bkt/a/x") == {"anon": True}
+    assert options_for("s3://bkt/a/b/c") == {"anon": False}
+    assert options_for("s3://bkt/ab") == {}  # a prefix of the name, not a parent folder
+    assert str(safe_join("memory://root/store", "run", "stage-1")) == "memory://root/store/run/stage-1"
+    for bad in ("../up", "/abs", "a/../../b", "s3://other/x", ""):
+        with pytest.raises(StoreError, match="not a relative path"):
+            safe_join("memory://root/store", bad)
+
+
+def test_config_keeps_urls_and_keeps_storage_options_out_of_its_hash(tmp_path, demo_root):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(_data(demo_root, "s3://bkt/runs", storage_options={"secret": "hush"})))
+    cfg = load_run_config(path)
+    assert cfg.store == "s3://bkt/runs" and cfg.storage_options == {"secret": "hush"}
+    assert "hush" not in cfg.to_json()
+    other = cfg.model_copy(update={"storage_options": {"secret": "other"}})
+    assert other.config_hash() == cfg.config_hash()
+    assert load_run_config(path, ["store=relative"]).store == str(Path.cwd() / "relative")
+
+
+def test_upload_of_a_folder_puts_its_top_level_files_last(monkeypatch):
+    import fsspec
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    from storage.files import atomic_dir, atomic_file
+    from storage.parquet import list_parts, read_parts, write_part
+
+    calls = []
+    fs = fsspec.filesystem("memory")
+    real = MemoryFileSystem.put_file
+
+    def spy(self, lpath, rpath, *a, **k):
+        calls.append(rpath)
+        return real(self, lpath, rpath, *a, **k)
+
+    monkeypatch.setattr(MemoryFileSystem, "put_file", spy)
+    with atomic_dir("memory://up/group.zarr") as tmp:
+        (tmp / "arr" / "c").mkdir(parents=True)
+        (tmp / "arr" / "c" / "0").write_bytes(b"chunk")
+        (tmp / "arr" / "zarr.json").write_text("{}")
+        (tmp / "zarr.json").write_text("{}")
+    assert calls[-1].endswith("group.zarr/zarr.json") and len(calls) == 3
+    with pytest.raises(FileExistsError):
+        with atomic_dir("memory://up/group.zarr") as tmp:
+            (tmp / "zarr.json").write_text("{}")
+    with pytest.raises(RuntimeError), atomic_file("memory://up/half.txt") as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed while writing")
+    assert not fs.exists("/up/half.txt")  # nothing under the final key
+    import pyarrow as pa
+
+    schema = pa.schema([("x", pa.int64())])
+    write_part("memory://up/rows", 2, {"x": [3, 4]}, schema)
+    write_part("memory://up/rows", 0, {"x": [1, 2]}, schema)
+    assert [p.name for p in list_parts("memory://up/rows")] == ["part-000000.parquet", "part-000002.parquet"]
+    assert read_parts("memory://up/rows")["x"].to_list() == [1, 2, 3, 4]
+    assert read_parts("memory://up/nothing", schema).height == 0
