@@ -19,6 +19,7 @@ ckpt.seed, ckpt.backbone_sha256)``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,6 +133,20 @@ def load_discriminator(path: str | Path) -> DiscriminatorCheckpoint:
         )
     except (KeyError, ValueError) as exc:
         raise CheckpointError(f"{path}: bad checkpoint metadata ({exc})") from exc
+
+
+def checkpoint_digest(path: str | Path) -> str:
+    """sha256 of a checkpoint's content: its metadata (sorted) and its tensors (sorted by name). Not of the
+    file's bytes: safetensors writes the header's keys in a per-process hash order, so two saves of the same
+    model in two processes differ as files (measured: a Dask worker's and the thread runner's demo model)."""
+    h = hashlib.sha256()
+    with local_copy(path) as local, safe_open(str(local), framework="pt", device="cpu") as f:
+        h.update(json.dumps(f.metadata() or {}, sort_keys=True).encode())
+        for name in sorted(f.keys()):
+            t = f.get_tensor(name)
+            h.update(f"\x00{name}\x00{t.dtype}\x00{tuple(t.shape)}\x00".encode())
+            h.update(t.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def reference_calibration(path: str | Path) -> dict[str, float] | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -51,6 +52,20 @@ def record_completed(config: RunConfig, manifests: Sequence[Manifest]) -> None:
         stages.setdefault(m.stage, []).append((str(Path(first).parent), record_key(config, m.cache_key)))
     root = RunLayout.for_run(config).root
     write_completed(root, config.config_hash(), config.to_json(), stages)
+
+
+TORCH_THREADS_ENV = "UNIADC_TORCH_THREADS"  # set on Dask workers by flows.runner.same_torch_threads
+
+
+def match_submitter_threads(config: RunConfig) -> None:
+    """On a Dask worker of ours: torch's intra-op thread count of the process that submitted the run, unless
+    ``discriminator.num_threads`` sets one (the reductions, and so the model, depend on it)."""
+    wanted = os.environ.get(TORCH_THREADS_ENV)
+    if wanted and config.discriminator.num_threads is None:
+        import torch
+
+        if torch.get_num_threads() != int(wanted):
+            torch.set_num_threads(int(wanted))
 
 
 GPU_TAG = "gpu"  # `prefect concurrency-limit create gpu N`: at most N such task runs at once, on every worker

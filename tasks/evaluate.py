@@ -32,7 +32,7 @@ from storage.layout import RunLayout, provenance
 from storage.parquet import write_part, write_table_atomic
 from storage.reports import write_metrics_table
 from storage.split import read_split
-from tasks.common import artifact_key, cache_key, geometry_line
+from tasks.common import artifact_key, cache_key, geometry_line, match_submitter_threads
 from tasks.progress import StageProgress
 from tasks.train import load_model
 from uniadc import metrics
@@ -64,6 +64,7 @@ def evaluate_model(
     config: RunConfig, priors: PriorsFile, split: Manifest, model_manifest: Manifest, key: str
 ) -> Manifest:
     """Predict every test image, store maps and rows, compute I-AUC / P-AUC / PRO / Acc / mIoU."""
+    match_submitter_threads(config)
     layout = RunLayout.for_run(config)
     out = layout.stage_dir(STAGE, key)
     model = load_model(layout.root / model_manifest.uris["checkpoint"])

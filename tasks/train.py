@@ -8,7 +8,6 @@ added under the extra "other" class. No test image is read here. The model kept 
 
 from __future__ import annotations
 
-import hashlib
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,11 +20,10 @@ from schemas.manifests import Manifest
 from schemas.priors import AnomalyPrior, PriorsFile
 from schemas.tables import SAMPLES
 from storage.arrays import open_group, read_samples
-from storage.checkpoints import load_discriminator, save_discriminator
+from storage.checkpoints import checkpoint_digest, load_discriminator, save_discriminator
 from storage.layout import RunLayout
 from storage.parquet import read_parts, read_table
-from storage.paths import store_path
-from tasks.common import artifact_key, cache_key
+from tasks.common import artifact_key, cache_key, match_submitter_threads
 from tasks.progress import StageProgress
 from uniadc.augment import augment_with_views
 from uniadc.discriminator import Discriminator, TrainingData, build_discriminator, restore_discriminator
@@ -149,6 +147,7 @@ def train_model(
     config: RunConfig, priors: PriorsFile, support: Manifest, samples: list[Manifest], key: str
 ) -> Manifest:
     """Train the discriminator for ``discriminator.iterations`` and save the last iteration."""
+    match_submitter_threads(config)
     layout = RunLayout.for_run(config)
     data = load_training_data(layout.root, support, samples, few_shot=config.setting == "few_shot")
     if config.discriminator.open_set:
@@ -191,7 +190,7 @@ def train_model(
         )
     out = layout.stage_dir(STAGE, key) / "model.safetensors"
     save_discriminator(out, model, priors.names)
-    digest = hashlib.sha256(store_path(out).read_bytes()).hexdigest()
+    digest = checkpoint_digest(out)
     return Manifest(
         stage=STAGE,
         run_dir=str(layout.root),

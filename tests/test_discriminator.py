@@ -340,6 +340,45 @@ def test_checkpoint_round_trip(tmp_path):
         restore_discriminator({}, ckpt.config, TEXTS, SIZE, 5)
 
 
+_SAVE_IN_CHILD = """
+import sys, torch
+from safetensors.torch import save_file
+state = torch.load(sys.argv[1])
+save_file(state, sys.argv[2], metadata={f"key{i}": str(i) for i in range(12)})
+"""
+
+
+def test_checkpoint_digest_is_of_the_content_not_the_file_bytes(tmp_path):
+    """safetensors orders the header's keys per process: two processes saving the same tensors and metadata
+    write different files, and the digest (which names the model to the stages downstream) must not care."""
+    import subprocess
+    import sys
+
+    from storage.checkpoints import checkpoint_digest
+
+    state = {f"w{i}": torch.arange(6, dtype=torch.float32).reshape(2, 3) * i for i in range(12)}
+    state["scalar"] = torch.tensor(0.25)
+    torch.save(state, tmp_path / "state.pt")
+    files = [tmp_path / f"m{i}.safetensors" for i in range(4)]
+    for f in files:
+        subprocess.run([sys.executable, "-c", _SAVE_IN_CHILD, str(tmp_path / "state.pt"), str(f)], check=True)
+    digests = {checkpoint_digest(f) for f in files}
+    assert len(digests) == 1
+    state["scalar"] = torch.tensor(0.5)
+    torch.save(state, tmp_path / "state.pt")
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _SAVE_IN_CHILD,
+            str(tmp_path / "state.pt"),
+            str(tmp_path / "other.safetensors"),
+        ],
+        check=True,
+    )
+    assert checkpoint_digest(tmp_path / "other.safetensors") not in digests
+
+
 def test_checkpoint_rejects_foreign_files(tmp_path):
     from safetensors.torch import save_file
 
