@@ -21,7 +21,7 @@ DATABASE_URL ?=
 UI_PORT ?= 4200
 UI_WORKERS ?= 1
 
-.PHONY: setup demo test bench bench-mtd bench-reliability bench-server lint clean ui ui-stop
+.PHONY: setup demo test bench bench-scale bench-mtd bench-reliability bench-server lint clean ui ui-stop
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,9 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/masks.py
 	$(BIN)/python benchmarks/regenerate.py
 	$(BIN)/python benchmarks/gpu_synthesis.py --cpu-overhead
+
+bench-scale: $(STAMP)
+	$(BIN)/python benchmarks/scale.py --store-repeats 2
 
 bench-mtd: $(STAMP)
 	$(BIN)/python benchmarks/mtd.py

@@ -364,7 +364,9 @@ def _predictor(path: Path, engine: str, resize: str = "squash") -> tuple[Callabl
 @app.command("export")
 @user_errors
 def export_cmd(
-    model: Annotated[Path, typer.Option(help="run folder, train-* folder or model.safetensors file")],
+    model: Annotated[
+        str, typer.Option(help="run folder, train-* folder or model.safetensors file (local or a store URL)")
+    ],
     out: Annotated[Path, typer.Option(help="the .onnx file to write")],
     image_size: Annotated[
         int | None, typer.Option("--image-size", help="input side (default: the training size)")
@@ -403,7 +405,10 @@ def export_cmd(
 @user_errors
 def predict_cmd(
     model: Annotated[
-        Path, typer.Option(help="run folder, train-* folder, model.safetensors or (engine onnx) model.onnx")
+        str,
+        typer.Option(
+            help="run folder, train-* folder, model.safetensors (local or a store URL) or (engine onnx) model.onnx"
+        ),
     ],
     images: Annotated[list[str], typer.Option(help="image file, folder or glob pattern (repeatable)")],
     out: Annotated[Path, typer.Option(help="output folder (replaced when it holds an earlier prediction)")],
@@ -451,12 +456,12 @@ def predict_cmd(
     if engine == "onnx" and resize not in ("auto", "squash"):
         raise ConfigError(f"--resize {resize}: the onnx engine squashes (its graph takes one square size)")
     if engine == "onnx":
-        if model.suffix != ".onnx":
+        if not model.endswith(".onnx"):
             raise ConfigError(
                 f"--model {model}: the onnx engine runs an exported .onnx file "
                 "(uniadc export --model RUN --out model.onnx)"
             )
-        path = model
+        path = Path(model)
     else:
         path = find_checkpoint(model)
     files = collect_images(images)

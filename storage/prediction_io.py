@@ -18,14 +18,15 @@ import numpy as np
 from storage.errors import DataError
 from storage.files import atomic_file
 from storage.images import IMAGE_SUFFIXES, write_png
+from storage.paths import store_path
 
 PREDICTIONS_FILE = "predictions.parquet"
 
 
 def find_checkpoint(model: str | Path) -> Path:
     """A ``.safetensors`` file, a ``train-*`` folder holding ``model.safetensors``, or a run folder holding
-    ``train-*/model.safetensors`` (the newest when several)."""
-    model = Path(model)
+    ``train-*/model.safetensors`` (the newest when several); local or under a store URL (``storage.paths``)."""
+    model = store_path(model)
     if model.is_file():
         return model
     if not model.is_dir():

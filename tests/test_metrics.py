@@ -16,7 +16,7 @@ from skimage.measure import label as sk_label
 from sklearn.metrics import jaccard_score, roc_auc_score
 
 from schemas.tables import METRICS
-from storage import reports
+from storage import parquet
 from storage.reports import read_metrics_table, write_metrics_table
 from uniadc import metrics as M
 
@@ -306,7 +306,7 @@ def test_evaluate_table_and_parquet_roundtrip(tmp_path, monkeypatch):
         write_metrics_table(table.drop("pro"), path)
     with pytest.raises(ValueError, match="must have keys"):
         M.metrics_table({"bottle": {"i_auc": 1.0}})
-    monkeypatch.setattr(reports.pq, "write_table", _fail_halfway)
+    monkeypatch.setattr(parquet.pq, "write_table", _fail_halfway)  # the writer storage.reports goes through
     with pytest.raises(OSError, match="disk full"):
         write_metrics_table(table.with_columns(pl.col("pro") * 0), path)
     assert read_metrics_table(path).equals(table)  # the failed writes left the file intact

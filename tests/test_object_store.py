@@ -85,7 +85,7 @@ def _without_aws_env(monkeypatch) -> None:
 
 
 def test_pipeline_on_s3_with_config_options_caches_and_reads_back_without_project_code(
-    s3, local_run, demo_root, monkeypatch
+    s3, local_run, demo_root, monkeypatch, tmp_path
 ):
     """``storage_options`` in the config only (no AWS variables): the pipeline completes, a rerun is fully
     cached, every output lives under the URL, and plain zarr + polars read the samples back equal to a local
@@ -149,6 +149,18 @@ def test_pipeline_on_s3_with_config_options_caches_and_reads_back_without_projec
     )
     here = pl.read_parquet(Path(local_run["evaluate"].run_dir) / local_run["evaluate"].uris["metrics"])
     assert metrics.equals(here)
+
+    # the checkpoint in the bucket serves `uniadc predict --model <run folder URL>`
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    image = sorted((demo_root / "brick" / "test" / "good").glob("*.png"))[0]
+    r = CliRunner().invoke(
+        app, ["predict", "--model", f"{url}/tiny", "--images", str(image), "--out", str(tmp_path / "p")]
+    )
+    assert r.exit_code == 0, r.output
+    assert f"{url}/tiny/train-" in r.output and (tmp_path / "p" / "predictions.parquet").is_file()
 
 
 def _cli(args: list[str], env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
