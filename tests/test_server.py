@@ -173,6 +173,36 @@ def test_sqlite_server_deploys_prefect_yaml_with_absolute_paths(tmp_path):
         _cli(["server", "stop"], home)
 
 
+def test_dask_workers_get_the_submitters_torch_thread_count(monkeypatch):
+    """Dask starts a worker's torch with one thread; the train and evaluate tasks set the submitter's count
+    (passed in the LocalCluster's worker environment), unless discriminator.num_threads sets one."""
+    import torch
+
+    from flows.runner import same_torch_threads, task_runner
+    from schemas.config import RunnerConfig, load_run_config
+    from tasks.common import TORCH_THREADS_ENV, match_submitter_threads
+
+    before = torch.get_num_threads()
+    env = same_torch_threads()
+    assert env == {TORCH_THREADS_ENV: str(before)}
+    assert task_runner(RunnerConfig(kind="dask")).cluster_kwargs["env"] == env
+    data = {"dataset": {"kind": "demo", "root": "/nowhere", "image_class": "brick"}}
+    try:
+        torch.set_num_threads(1)
+        monkeypatch.setenv(TORCH_THREADS_ENV, "3")
+        match_submitter_threads(load_run_config(None, data=data))
+        assert torch.get_num_threads() == 3
+        torch.set_num_threads(1)
+        pinned = load_run_config(None, data={**data, "discriminator": {"num_threads": 2}})
+        match_submitter_threads(pinned)
+        assert torch.get_num_threads() == 1  # the config's own count wins (training applies it itself)
+        monkeypatch.delenv(TORCH_THREADS_ENV)
+        match_submitter_threads(load_run_config(None, data=data))
+        assert torch.get_num_threads() == 1  # not a worker of ours: left alone
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.slow
 def test_dask_runner_matches_the_thread_runner(tmp_path, tiny):
     """`runner.kind=dask` with no server up starts a private one, runs on a 2-process LocalCluster and writes
