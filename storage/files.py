@@ -37,10 +37,6 @@ def _fsync(path: Path) -> None:
         os.fsync(fh.fileno())
 
 
-def _remove(path: Path) -> None:
-    remove_tree(path)
-
-
 @contextmanager
 def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path to write ``path``'s content to; on success it is fsynced and moved into place.
@@ -64,7 +60,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
         crash_point("file-written")
         os.replace(tmp, path)
     finally:
-        _remove(tmp)
+        remove_tree(tmp, ignore_errors=True)
 
 
 @contextmanager
@@ -90,7 +86,7 @@ def atomic_dir(path: str | Path, replace: bool = False) -> Iterator[Path]:
             old = temp_sibling(path)
             os.rename(path, old)
             os.rename(tmp, path)
-            _remove(old)
+            remove_tree(old, ignore_errors=True)
         else:
             try:
                 os.rename(tmp, path)
@@ -99,7 +95,7 @@ def atomic_dir(path: str | Path, replace: bool = False) -> Iterator[Path]:
                     raise FileExistsError(errno.EEXIST, "exists", str(path)) from None
                 raise
     finally:
-        _remove(tmp)
+        remove_tree(tmp, ignore_errors=True)
 
 
 def _upload_dir(local: Path, path: Path, replace: bool) -> None:
@@ -108,7 +104,7 @@ def _upload_dir(local: Path, path: Path, replace: bool) -> None:
     rename there is no atomic swap: the check for an existing folder and the upload are two steps, which is why
     an object store has one writer per category unit."""
     fs, key = fs_and_key(path)
-    if fs.exists(key) and fs.find(key):
+    if fs.find(key):
         if not replace:
             raise FileExistsError(errno.EEXIST, "exists", str(path))
         remove_tree(path)
@@ -152,7 +148,7 @@ def remove_stale_partials(path: str | Path) -> list[Path]:
         return []
     gone = [p for p in path.parent.glob(f"{path.name}.*partial") if is_stale_partial(p)]
     for p in gone:
-        _remove(p)
+        remove_tree(p, ignore_errors=True)
     return gone
 
 

@@ -47,7 +47,7 @@ def list_parts(folder: str | Path) -> list[Path]:
     folder = store_path(folder)
     if is_remote(folder):
         fs, key = folder.fs, folder.path
-        names = fs.glob(f"{key}/part-*.parquet") if fs.exists(key) else []
+        names = fs.glob(f"{key}/part-*.parquet")
         return sorted(folder / n.rsplit("/", 1)[-1] for n in names)
     return sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
 

@@ -37,7 +37,8 @@ def url_scheme(path: str | os.PathLike) -> str:
         return ""
     proto = getattr(path, "protocol", None)
     if proto:
-        return proto if isinstance(proto, str) else proto[0]
+        proto = proto if isinstance(proto, str) else proto[0]
+        return "" if proto in ("file", "local") else proto
     m = _URL.match(str(path))
     if not m or m.group(1).lower() == "file":
         return ""
@@ -97,8 +98,9 @@ def fs_and_key(path: str | os.PathLike) -> tuple[Any, str]:
     return p.fs, p.path
 
 
-def remove_tree(path: str | os.PathLike) -> None:
-    """Remove a file or a folder with everything under it (missing: nothing)."""
+def remove_tree(path: str | os.PathLike, ignore_errors: bool = False) -> None:
+    """Remove a file or a folder with everything under it (missing: nothing); ``ignore_errors`` for best-effort
+    cleanup of temporaries."""
     import shutil
 
     p = store_path(path)
@@ -108,7 +110,7 @@ def remove_tree(path: str | os.PathLike) -> None:
             fs.rm(key, recursive=True)
         return
     if p.is_dir() and not p.is_symlink():
-        shutil.rmtree(p, ignore_errors=True)
+        shutil.rmtree(p, ignore_errors=ignore_errors)
     elif p.exists() or p.is_symlink():
         p.unlink(missing_ok=True)
 
