@@ -190,6 +190,13 @@ class DiscriminatorConfig(_Frozen):
         "calibrated nearest-neighbour map; learned = the mean of the class maps "
         "(uniadc.discriminator.detector_choice)",
     )
+    intensity: Literal["standardize", "raw"] = Field(
+        default="standardize",
+        description="standardize: each image's mean and std moved to fixed targets before the backbone, so "
+        "exposure and contrast differences between tiles do not read as anomalies "
+        "(uniadc.discriminator.intensity); raw: the image as is (the paper's input; checkpoints saved "
+        "before this field existed load as raw)",
+    )
     calibration: Literal["balanced", "normal_max"] = Field(
         default="normal_max",
         description="how the reference threshold is fitted on leave-one-out training maps: normal_max = no "

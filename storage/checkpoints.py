@@ -102,6 +102,14 @@ def save_discriminator(
     return path
 
 
+def _saved_config(text: str) -> DiscriminatorConfig:
+    """The saved ``DiscriminatorConfig``; fields added since keep the behaviour the model was trained with
+    (``intensity``: checkpoints written before it existed fed raw images to the backbone)."""
+    data = json.loads(text)
+    data.setdefault("intensity", "raw")
+    return DiscriminatorConfig.model_validate(data)
+
+
 def load_discriminator(path: str | Path) -> DiscriminatorCheckpoint:
     """Read a checkpoint written by :func:`save_discriminator`.
 
@@ -122,7 +130,7 @@ def load_discriminator(path: str | Path) -> DiscriminatorCheckpoint:
     try:
         return DiscriminatorCheckpoint(
             state=state,
-            config=DiscriminatorConfig.model_validate_json(meta["config"]),
+            config=_saved_config(meta["config"]),
             category_texts=json.loads(meta["category_texts"]),
             category_names=json.loads(meta.get("category_names") or "null")
             or [t[0] for t in json.loads(meta["category_texts"])],

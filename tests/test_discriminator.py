@@ -437,3 +437,58 @@ def test_lean_effnet_matches_package_forward(real_model):
         ours = real_model.extract_features(x)
     for a, b in zip(ours, reference, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3)
+
+
+# ----------------------------------------------------------------------------- intensity
+
+
+def test_standardize_removes_exposure_and_contrast_but_keeps_structure():
+    rng = np.random.default_rng(0)
+    img = rng.integers(90, 160, (2, SIZE, SIZE, 3)).astype(np.uint8)
+    img[1, 20:30, 20:30] = 40  # a dark defect
+    dim = (img.astype(np.float64) * 0.6 + 30).round().astype(np.uint8)  # darker, flatter: no clipping
+    raw, raw_dim = preprocess(img, SIZE, "raw"), preprocess(dim, SIZE, "raw")
+    std, std_dim = preprocess(img, SIZE, "standardize"), preprocess(dim, SIZE, "standardize")
+    assert (raw - raw_dim).abs().mean() > 0.2
+    assert (std - std_dim).abs().max() < 0.1  # uint8 rounding only
+    torch.testing.assert_close(preprocess(img, SIZE), raw, rtol=0, atol=0)  # raw is the default
+    # the defect stays the darkest part of its image
+    d = std[1].mean(0)
+    assert d[20:30, 20:30].mean() < d.mean() - 1.0
+    with pytest.raises(ValueError, match="intensity"):
+        preprocess(img, SIZE, "equalize")
+
+
+def test_model_applies_its_intensity_in_features_and_predict():
+    rng = np.random.default_rng(1)
+    img = rng.integers(90, 160, (1, SIZE, SIZE, 3)).astype(np.uint8)
+    bright = np.clip(img.astype(np.int64) + 40, 0, 255).astype(np.uint8)
+    cfg = tiny_config(iterations=1, reference="none")
+    std_model = build_discriminator(cfg, TEXTS, SIZE, seed=0)
+    raw_model = build_discriminator(cfg.model_copy(update={"intensity": "raw"}), TEXTS, SIZE, seed=0)
+    assert cfg.intensity == "standardize"
+    f_std = [image_features(std_model, x)[0] for x in (img, bright)]
+    f_raw = [image_features(raw_model, x)[0] for x in (img, bright)]
+    assert (f_std[0] - f_std[1]).abs().max() < 0.2 * (f_raw[0] - f_raw[1]).abs().max()
+    p = predict(std_model, img, 0.5).anomaly_maps
+    np.testing.assert_allclose(
+        p, predict(std_model, img, 0.5, features=image_features(std_model, img)).anomaly_maps
+    )
+
+
+def test_checkpoint_from_before_intensity_loads_as_raw(tmp_path):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    cfg = tiny_config(iterations=1, reference="none")
+    model = build_discriminator(cfg, TEXTS, SIZE, seed=2)
+    path = save_discriminator(tmp_path / "new.safetensors", model)
+    assert load_discriminator(path).config.intensity == "standardize"
+    with safe_open(str(path), framework="pt") as f:
+        meta, state = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    old = json.loads(meta["config"])
+    del old["intensity"]
+    save_file(state, str(tmp_path / "old.safetensors"), metadata=meta | {"config": json.dumps(old)})
+    assert load_discriminator(tmp_path / "old.safetensors").config.intensity == "raw"

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from uniadc.discriminator.backbones import IMAGENET_MEAN, IMAGENET_STD
+from uniadc.discriminator.intensity import apply_intensity
 from uniadc.discriminator.model import Discriminator
 
 INPUT_NAME = "images"
@@ -35,6 +36,7 @@ class InferenceGraph(nn.Module):
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         x = images.permute(0, 3, 1, 2).float() / 255.0
+        x = apply_intensity(x, self.model.config.intensity)
         x = (x - self.mean) / self.std
         out = self.model.head(self.model.backbone(x), (self.image_size, self.image_size))
         return torch.sigmoid(out.anomaly_logit), out.class_logits

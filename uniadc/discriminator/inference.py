@@ -85,7 +85,9 @@ def predict(
             for start in range(0, n, batch_size):
                 stop = min(start + batch_size, n)
                 if features is None:
-                    feats = model.extract_features(preprocess(images[start:stop], model.image_size))
+                    feats = model.extract_features(
+                        preprocess(images[start:stop], model.image_size, model.config.intensity)
+                    )
                 else:
                     feats = [f[start:stop] for f in features]
                 out = model.head(feats, (h, w))  # grid -> input size in one interpolation

@@ -41,6 +41,7 @@ from uniadc.discriminator.backbones import (
 )
 from uniadc.discriminator.clip import load_clip
 from uniadc.discriminator.dinov3 import encode_dinotxt, load_dinov3
+from uniadc.discriminator.intensity import apply_intensity
 from uniadc.reference import ReferenceScorer
 
 INIT_LOGIT_SCALE = 10.0  # s at initialisation; learnable (as log s)
@@ -330,12 +331,14 @@ def restore_discriminator(
     return model.eval()
 
 
-def preprocess(images: np.ndarray, image_size: int) -> Tensor:
-    """Resize (bilinear, antialiased, to a square) and ImageNet-normalise; backbones adapt internally.
+def preprocess(images: np.ndarray, image_size: int, intensity: str = "raw") -> Tensor:
+    """Resize (bilinear, antialiased, to a square), apply ``intensity`` (``raw`` | ``standardize``:
+    ``uniadc.discriminator.intensity``) and ImageNet-normalise; backbones adapt internally.
 
     Args:
         images: (N, H, W, 3) uint8 RGB.
         image_size: output side S.
+        intensity: ``raw`` or ``standardize`` (the model's ``config.intensity``).
 
     Returns:
         (N, 3, S, S) float32.
@@ -357,6 +360,7 @@ def preprocess(images: np.ndarray, image_size: int) -> Tensor:
         x = F.interpolate(
             x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True
         )
+    x = apply_intensity(x, intensity)
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     return (x - mean) / std
@@ -381,7 +385,9 @@ def image_features(model: Discriminator, images: np.ndarray, batch_size: int = 1
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     preprocess(images[:0], model.image_size)
     chunks = [
-        model.extract_features(preprocess(images[i : i + batch_size], model.image_size))
+        model.extract_features(
+            preprocess(images[i : i + batch_size], model.image_size, model.config.intensity)
+        )
         for i in range(0, images.shape[0], batch_size)
     ]
     if not chunks:
