@@ -24,7 +24,7 @@ from tasks.common import cache_key, file_sha256, geometry_line
 from uniadc.geometry import cut_tiles, fit_image, fit_mask, resolved_resize, tile_windows
 
 STAGE = "support"
-STAGE_VERSION = "2"  # 2: dataset.resize (letterbox / tiles)
+STAGE_VERSION = "3"  # 2: dataset.resize (letterbox / tiles); 3: letterbox padding mirrors the image
 
 
 def support_key(config: RunConfig, split: Manifest) -> str:

@@ -53,7 +53,11 @@ def test_pad_keeps_the_aspect_ratio_and_marks_the_padding():
     fitted, valid = fit_image(image, 64, "pad")
     assert letterbox_box(100, 400, 64) == (24, 0, 16, 64)
     assert valid.sum() == 16 * 64 and valid[24:40].all() and not valid[:24].any() and not valid[40:].any()
-    assert (fitted[:24] == 100).all()  # the padding is the image's mean colour
+    # the padding mirrors the content at its edge: the same two halves, no flat band
+    assert (
+        (fitted[:24, :31] == 0).all() and (fitted[:24, 33:] == 200).all() and (fitted[40:, 33:] == 200).all()
+    )
+    assert np.array_equal(fitted[23], fitted[25]) and np.array_equal(fitted[40], fitted[38])
     assert fitted[30, 10, 0] == 0 and fitted[30, 50, 0] == 200  # content in place, not squashed
     mask = np.zeros((100, 400), bool)
     mask[40:60, 300:340] = True

@@ -1,9 +1,11 @@
 """How an image of any size meets the model's square input (``dataset.resize``): squash or letterbox.
 
 ``squash`` resizes to the square (bilinear; the historical behaviour, byte for byte). ``pad`` scales the long
-side to the square's side, keeps the aspect ratio and fills the rest with the image's mean colour (a flat
-border the backbone sees the same way in every image); the ``valid`` mask is False there, and metrics,
-image scores and synthesis leave those pixels out. ``auto`` pads images more elongated than 1:1.5.
+side to the square's side, keeps the aspect ratio and fills the rest with the image mirrored at its edges
+(texture of the image's own scale, so the backbone's receptive fields near the border see surface, not a
+flat band, and per-image intensity statistics are not skewed by a constant fill); the ``valid`` mask is
+False there, and metrics, image scores and synthesis leave those pixels out. ``auto`` pads images more
+elongated than 1:1.5.
 """
 
 from __future__ import annotations
@@ -51,9 +53,8 @@ def fit_image(image: np.ndarray, size: int, mode: str) -> tuple[np.ndarray, np.n
     if mode != "pad":
         raise ValueError(f"fit_image mode must be squash or pad, got {mode!r}")
     top, left, h, w = letterbox_box(*image.shape[:2], size)
-    out = np.empty((size, size, 3), np.uint8)
-    out[:] = np.round(image.reshape(-1, 3).mean(axis=0)).astype(np.uint8)
-    out[top : top + h, left : left + w] = _resized(image, (h, w), Image.BILINEAR)
+    pad = ((top, size - top - h), (left, size - left - w), (0, 0))
+    out = np.pad(_resized(image, (h, w), Image.BILINEAR), pad, mode="reflect")
     return out, letterbox_valid(*image.shape[:2], size)
 
 
