@@ -41,9 +41,8 @@ from uniadc.geometry import fit_ground_truth
 from uniadc.geometry.fitted import predict_canvas
 
 STAGE = "evaluate"
-STAGE_VERSION = (
-    "5"  # 3: metrics per category and the confusion matrix; 4: dataset.resize canvases; 5: mirrored padding
-)
+# 3: metrics per category and the confusion matrix; 4: dataset.resize canvases; 5: mirrored padding
+STAGE_VERSION = "5"
 CATEGORY_FILE = "category_metrics.parquet"
 CONFUSION_FILE = "confusion.parquet"
 CHUNK = 64

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from uniadc.discriminator import decision
-from uniadc.discriminator.model import Discriminator, preprocess
+from uniadc.discriminator.model import Discriminator, model_input, preprocess
 
 
 @dataclass(frozen=True)
@@ -85,9 +85,7 @@ def predict(
             for start in range(0, n, batch_size):
                 stop = min(start + batch_size, n)
                 if features is None:
-                    feats = model.extract_features(
-                        preprocess(images[start:stop], model.image_size, model.config.intensity)
-                    )
+                    feats = model.extract_features(model_input(model, images[start:stop]))
                 else:
                     feats = [f[start:stop] for f in features]
                 out = model.head(feats, (h, w))  # grid -> input size in one interpolation

@@ -366,6 +366,11 @@ def preprocess(images: np.ndarray, image_size: int, intensity: str = "raw") -> T
     return (x - mean) / std
 
 
+def model_input(model: Discriminator, images: np.ndarray) -> Tensor:
+    """:func:`preprocess` with the model's own size and ``config.intensity``: what its backbone was trained on."""
+    return preprocess(images, model.image_size, model.config.intensity)
+
+
 def image_features(model: Discriminator, images: np.ndarray, batch_size: int = 16) -> list[Tensor]:
     """Frozen backbone features of uint8 images at ``model.image_size``, computed in batches.
 
@@ -385,9 +390,7 @@ def image_features(model: Discriminator, images: np.ndarray, batch_size: int = 1
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     preprocess(images[:0], model.image_size)
     chunks = [
-        model.extract_features(
-            preprocess(images[i : i + batch_size], model.image_size, model.config.intensity)
-        )
+        model.extract_features(model_input(model, images[i : i + batch_size]))
         for i in range(0, images.shape[0], batch_size)
     ]
     if not chunks:
