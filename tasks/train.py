@@ -30,7 +30,7 @@ from uniadc.discriminator import Discriminator, TrainingData, build_discriminato
 from uniadc.discriminator import train_discriminator as fit
 
 STAGE = "train"
-STAGE_VERSION = "6"  # 6: discriminator.intensity (per-image standardisation before the backbone)
+STAGE_VERSION = "7"  # 7: the learned map's threshold fitted on the probe's held-out tile (calibration rule)
 OPEN_SET_SAMPLES = 16
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -251,12 +253,54 @@ def test_detector_choice_probe_never_sees_the_held_out_tile():
     assert not any(np.array_equal(n, held) for n in probe.normals)
     assert len(probe.anomalies) == 2  # the two samples rendered into tile 1 are the validation defects
     assert np.isfinite(choice.auc_learned) and np.isfinite(choice.auc_reference)
-    assert choice.validation_images == 8 + 2 and choice.learned_tau_logit >= 0.0
+    assert choice.validation_images == 8 + 2 and choice.probes == 1
     assert choice.use_learned == (choice.auc_learned > choice.auc_reference and choice.held_out_max < 0.5)
+    # normal_max: the learned map's threshold is the largest score of the held-out normal views
+    tau = 1 / (1 + math.exp(-choice.learned_tau_logit))
+    assert abs(tau - float(np.clip(choice.held_out_max, 1e-6, 1 - 1e-6))) < 1e-6
     assert model.reference is None  # the model itself is untouched
     # one support tile: nothing to hold out, the reference decides
     one = TrainingData(data.normals[:1], data.anomalies[::2], data.anomaly_masks[::2])
     assert choose_detector(model, one, model.config, 0, spy).use_learned is False
+
+
+def test_detector_choice_holds_out_two_tiles_in_turn_from_three():
+    """k_normal >= 3: one probe per held-out tile (the last two), evidence pooled, no probe sees its tile."""
+    from uniadc.discriminator.detector_choice import PROBES, choose_detector
+    from uniadc.discriminator.training import _train
+
+    rng = np.random.default_rng(3)
+    normals = rng.integers(100, 140, (3, SIZE, SIZE, 3), dtype=np.uint8)
+    anomalies = np.concatenate([normals, normals]).copy()
+    masks = np.zeros((6, SIZE, SIZE), np.uint8)
+    for i in range(6):
+        masks[i, 8:16, 4 + 4 * i : 12 + 4 * i] = 1 + i % 2
+        anomalies[i][masks[i] > 0] = 20 if i % 2 else 240
+    data = TrainingData(
+        normals,
+        anomalies,
+        masks,
+        reference_images=normals,
+        normal_source=np.arange(3),
+        anomaly_source=np.array([0, 1, 2, 0, 1, 2]),
+    )
+    model = build_discriminator(_knn_config(), [["dark"], ["bright"]], SIZE, seed=0)
+    probes = []
+
+    def spy(m, d, c, s):
+        probes.append(d)
+        return _train(m, d, c, s, None)
+
+    choice = choose_detector(model, data, model.config, 0, spy)
+    assert PROBES == 2 and len(probes) == 2 and choice.probes == 2
+    for held, probe in zip([2, 1], probes, strict=True):
+        tile = normals[held]
+        assert len(probe.reference_images) == 2
+        assert not any(np.array_equal(r, tile) for r in probe.reference_images)
+        assert not any(np.array_equal(n, tile) for n in probe.normals)
+        assert len(probe.anomalies) == 4  # the two samples rendered into the held tile are left out
+        assert set(probe.normal_source.tolist()) == {0, 1} and set(probe.anomaly_source.tolist()) == {0, 1}
+    assert choice.validation_images == 2 * (8 + 2)
 
 
 def test_forced_learned_detector_shifts_the_learned_map():

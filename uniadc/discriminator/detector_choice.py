@@ -1,21 +1,28 @@
-"""Which anomaly map a reference-aware discriminator uses, decided on a support tile it never trained on.
+"""Which anomaly map a reference-aware discriminator uses, decided on support tiles it never trained on.
 
 The learned map (mean of the class maps) wins where the synthetic defects resemble the real ones and the
 test tiles resemble the support tiles; the nearest-neighbour reference wins where they do not (MTD: the
 learned head fires on almost every unseen tile). Neither can be told from the training images the head has
-seen, so with ``k_normal >= 2`` a *probe* model is trained without the last support tile and everything
-made from it, and both maps are scored on that tile: its eight dihedral views (normal) and the synthetic
-samples rendered into it (defects, pixel labels = their masks). The learned map is kept only when both hold:
+seen, so with ``k_normal >= 2`` *probe* models are trained, each without one support tile and everything
+made from it, and both maps are scored on the held-out tile: its eight dihedral views (normal) and the
+synthetic samples rendered into it (defects, pixel labels = their masks). With ``k_normal >= 3`` the last
+``PROBES`` tiles are held out in turn (one probe each) and the evidence is pooled: one tile is too little to
+trust the learned map with (MTD few-shot (4, 1), test seed 2: the learned map stayed at 0.34 on the one
+held-out tile and then fired on a third of the normal test tiles). The learned map is kept only when both
+hold:
 
-- it separates the held-out tile's synthetic defects from its normal views better (higher pixel AUROC);
-- it does not fire on the unseen normal tile at the paper's threshold: its maximum over the held-out views is
+- it separates the held-out synthetic defects from the held-out normal views better (higher pixel AUROC);
+- it does not fire on an unseen normal tile at the paper's threshold: its maximum over every held-out view is
   below 0.5. A head that calls a normal tile it has never seen defective has learned the support tiles, not
   normality; that it still ranks *synthetic* defects well says little about real ones (MTD dev seeds: held-out
   AUROC learned 66-67 vs reference 56-65, yet on the real test the reference wins by 25 I-AUC points, and the
-  learned map reaches 0.9995 on the held-out normal views; on the demo it stays at 0.09).
+  learned map reaches 0.9995 on the held-out normal views; on the demo it stays at 0.1).
 
-Otherwise the reference is used (and always with one support tile: nothing can be held out). With
-``detector: learned`` the learned map's threshold is the paper's 0.5 raised to the held-out views' maximum.
+Otherwise the reference is used (and always with one support tile: nothing can be held out). The learned
+map's threshold is fitted on the same held-out maps with the run's calibration rule
+(``discriminator.calibration``, :mod:`uniadc.reference.calibration`): ``normal_max`` = the largest score of
+the held-out normal views, ``balanced`` = the best separation of those views from the held-out synthetic
+defects. No test image is an input.
 """
 
 from __future__ import annotations
@@ -32,6 +39,9 @@ from schemas.config import DiscriminatorConfig
 from uniadc.discriminator.model import Discriminator, anomaly_logit_from_class_logits, image_features
 from uniadc.metrics import pixel_auc
 from uniadc.reference import dihedral_views
+from uniadc.reference.calibration import fit_calibration
+
+PROBES = 2  # support tiles held out in turn (one probe each) when k_normal >= 3
 
 
 @dataclass(frozen=True)
@@ -44,6 +54,17 @@ class DetectorChoice:
     auc_reference: float
     held_out_max: float
     validation_images: int
+    probes: int = 0
+
+
+@dataclass(frozen=True)
+class _HeldOut:
+    """Both maps of one probe on its held-out tile; the first ``views`` images are its normal views."""
+
+    learned: np.ndarray
+    reference: np.ndarray
+    masks: np.ndarray
+    views: int
 
 
 def _maps(model: Discriminator, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -62,39 +83,22 @@ def _maps(model: Discriminator, images: np.ndarray) -> tuple[np.ndarray, np.ndar
     return np.concatenate(learned), np.concatenate(reference)
 
 
-def choose_detector(
-    model: Discriminator,
-    data,
-    config: DiscriminatorConfig,
-    seed: int,
-    train: Callable[[Discriminator, object, DiscriminatorConfig, int], object],
-) -> DetectorChoice:
-    """Train a probe without the last support tile and compare both maps on it (see module doc).
-
-    Args:
-        model: the untrained model (copied, not changed).
-        data: the (augmented) ``TrainingData`` with its sources.
-        config: the training config; the probe uses ``detector="reference"`` to avoid recursion.
-        seed: training seed of the probe.
-        train: the training function (``training._train``), passed in to keep imports one way.
-    """
+def _probe(model, data, config, seed, train, held: int) -> _HeldOut | None:
+    """Train a probe without support tile ``held`` (and what was made from it); its maps on that tile."""
     from uniadc.discriminator.training import TrainingData, _resize_masks
 
-    none = DetectorChoice(False, 0.0, math.nan, math.nan, math.nan, 0)
     ref_images, source, view = data.sources()
     k = len(ref_images)
-    if k < 2:
-        return none
-    held = k - 1
     n = data.normals.shape[0]
     n_src, a_src = source[:n], source[n:]
     val = a_src == held
     if not val.any():
-        return none
+        return None
     keep_n, keep_a = n_src != held, a_src != held
     real = data.anomaly_is_real if data.anomaly_is_real is not None else np.zeros(len(a_src), bool)
-    remap = np.arange(k)
-    remap[held] = -1
+    kept = np.array([i for i in range(k) if i != held], np.int64)
+    remap = np.full(k, -1, np.int64)
+    remap[kept] = np.arange(len(kept))
 
     def sub(src: np.ndarray) -> np.ndarray:
         return np.where(src >= 0, remap[np.clip(src, 0, None)], -1).astype(np.int64)
@@ -104,7 +108,7 @@ def choose_detector(
         anomalies=data.anomalies[keep_a],
         anomaly_masks=data.anomaly_masks[keep_a],
         anomaly_is_real=real[keep_a],
-        reference_images=ref_images[:held],
+        reference_images=ref_images[kept],
         normal_source=sub(n_src[keep_n]),
         normal_view=view[:n][keep_n],
         anomaly_source=sub(a_src[keep_a]),
@@ -121,8 +125,38 @@ def choose_detector(
         ]
     )
     learned, reference = _maps(probe, images)
+    return _HeldOut(learned, reference, masks, len(views))
+
+
+def choose_detector(
+    model: Discriminator,
+    data,
+    config: DiscriminatorConfig,
+    seed: int,
+    train: Callable[[Discriminator, object, DiscriminatorConfig, int], object],
+) -> DetectorChoice:
+    """Train probes without the last support tiles and compare both maps on them (see module doc).
+
+    Args:
+        model: the untrained model (copied, not changed).
+        data: the (augmented) ``TrainingData`` with its sources.
+        config: the training config; the probes use ``detector="reference"`` to avoid recursion.
+        seed: training seed of the probes.
+        train: the training function (``training._train``), passed in to keep imports one way.
+    """
+    none = DetectorChoice(False, 0.0, math.nan, math.nan, math.nan, 0)
+    k = len(data.sources()[0])
+    held = [k - 1 - i for i in range(min(PROBES, k - 1))]
+    outs = [o for o in (_probe(model, data, config, seed, train, h) for h in held) if o is not None]
+    if not outs:
+        return none
+    learned = np.concatenate([o.learned for o in outs])
+    reference = np.concatenate([o.reference for o in outs])
+    masks = np.concatenate([o.masks for o in outs])
+    normal = np.concatenate([np.arange(len(o.masks)) < o.views for o in outs])
     auc_l, auc_r = pixel_auc(learned, masks), pixel_auc(reference, masks)
-    held_max = float(learned[: len(views)].max())
-    tau = float(np.clip(max(0.5, held_max), 1e-6, 1 - 1e-6))
+    held_max = float(learned[normal].max())
+    fit = fit_calibration(learned[normal], learned[~normal], masks[~normal], config.calibration)
+    tau = float(np.clip(fit.threshold, 1e-6, 1 - 1e-6))
     use = bool(auc_l > auc_r and held_max < 0.5)
-    return DetectorChoice(use, math.log(tau / (1 - tau)), auc_l, auc_r, held_max, len(images))
+    return DetectorChoice(use, math.log(tau / (1 - tau)), auc_l, auc_r, held_max, len(learned), len(outs))
