@@ -121,7 +121,7 @@ def _threshold_line(config: RunConfig, checkpoint) -> str:
     if cal is None:
         return f"{config.threshold} on the mean of the class maps (fixed; never tuned on test data)"
     probe = (
-        f"pixel AUROC on the held-out support tile: learned {100 * cal['probe_auc_learned']:.1f}, reference "
+        f"pixel AUROC on the held-out support tile(s): learned {100 * cal['probe_auc_learned']:.1f}, reference "
         f"{100 * cal['probe_auc_reference']:.1f}; learned map's maximum on its normal views "
         f"{cal['probe_learned_max']:.3f}"
         if math.isfinite(cal.get("probe_auc_learned", math.nan))
@@ -130,7 +130,8 @@ def _threshold_line(config: RunConfig, checkpoint) -> str:
     if math.isfinite(cal.get("learned_tau_logit", math.nan)):
         return (
             f"{config.threshold} on the learned map shifted to its held-out calibration (learned map "
-            f"{1 / (1 + math.exp(-cal['learned_tau_logit'])):.3f}; {probe}; no test image)"
+            f"{1 / (1 + math.exp(-cal['learned_tau_logit'])):.3f}, rule {config.discriminator.calibration} "
+            f"on the held-out support views; {probe}; no test image)"
         )
     return (
         f"{config.threshold} on the calibrated reference map, i.e. nearest-neighbour distance tau = "
