@@ -123,21 +123,23 @@ def _knn_config(**kw) -> DiscriminatorConfig:
     return DiscriminatorConfig(**(base | kw))
 
 
-def _toy(seed: int = 0) -> TrainingData:
+def _toy(seed: int = 0, k: int = 2) -> TrainingData:
+    """k support tiles and two defect samples rendered into each (sources 0..k-1, 0..k-1)."""
     rng = np.random.default_rng(seed)
-    normals = rng.integers(100, 140, (2, SIZE, SIZE, 3), dtype=np.uint8)
+    normals = rng.integers(100, 140, (k, SIZE, SIZE, 3), dtype=np.uint8)
     anomalies = np.concatenate([normals, normals]).copy()
-    masks = np.zeros((4, SIZE, SIZE), np.uint8)
-    for i in range(4):
-        masks[i, 8:16, 8 + 4 * i : 16 + 4 * i] = 1 + i % 2
+    masks = np.zeros((2 * k, SIZE, SIZE), np.uint8)
+    for i in range(2 * k):
+        start = 8 + 8 * i // k
+        masks[i, 8:16, start : start + 8] = 1 + i % 2
         anomalies[i][masks[i] > 0] = 20 if i % 2 else 240
     return TrainingData(
         normals,
         anomalies,
         masks,
         reference_images=normals,
-        normal_source=np.arange(2),
-        anomaly_source=np.array([0, 1, 0, 1]),
+        normal_source=np.arange(k),
+        anomaly_source=np.tile(np.arange(k), 2),
     )
 
 
@@ -269,21 +271,8 @@ def test_detector_choice_holds_out_two_tiles_in_turn_from_three():
     from uniadc.discriminator.detector_choice import PROBES, choose_detector
     from uniadc.discriminator.training import _train
 
-    rng = np.random.default_rng(3)
-    normals = rng.integers(100, 140, (3, SIZE, SIZE, 3), dtype=np.uint8)
-    anomalies = np.concatenate([normals, normals]).copy()
-    masks = np.zeros((6, SIZE, SIZE), np.uint8)
-    for i in range(6):
-        masks[i, 8:16, 4 + 4 * i : 12 + 4 * i] = 1 + i % 2
-        anomalies[i][masks[i] > 0] = 20 if i % 2 else 240
-    data = TrainingData(
-        normals,
-        anomalies,
-        masks,
-        reference_images=normals,
-        normal_source=np.arange(3),
-        anomaly_source=np.array([0, 1, 2, 0, 1, 2]),
-    )
+    data = _toy(3, k=3)
+    normals = data.normals
     model = build_discriminator(_knn_config(), [["dark"], ["bright"]], SIZE, seed=0)
     probes = []
 
