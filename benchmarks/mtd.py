@@ -314,8 +314,9 @@ def write_results(results: list[dict], args) -> None:
         "fitted on training data only (the largest score of the leave-one-out support views, stored in the "
         "checkpoint; 0.5 on the calibrated map); last training iteration kept; no test statistics used.",
         "- map used: which anomaly map the default kept per seed (discriminator.detector: auto), with the pixel "
-        "AUROC of the learned / reference map on the support tile held out from a probe model and the learned "
-        "map's maximum on that tile's normal views (the learned map is kept only if it wins and stays < 0.5).",
+        "AUROC of the learned / reference map on the support tiles held out from probe models (one; two in turn "
+        "with k_normal >= 3) and the learned map's maximum on their normal views (the learned map is kept only "
+        "if it wins and stays < 0.5).",
         "- rows: ours = the default pipeline (discriminator.reference: knn); knn = the nearest-neighbour "
         "reference alone (same bank, same maps, its own threshold = largest leave-one-out support-view score, "
         "classes from the discriminator's class argmax); w/o synthesis = the discriminator trained on the "
