@@ -119,6 +119,7 @@ def run_one(
     ours, knn = _scores(evaluation, model, cfg.threshold, len(priors.categories))
     out = {"uniadc": ours, "knn": knn, "test": evaluation.counts["test"], "synthesis_s": t_syn}
     out["detector"] = _detector(model)
+    out["classes"] = list(priors.names)
     if ablation and setting == "few_shot":
         model0 = train_model.fn(cfg, priors, support, [], train_key(cfg, priors, support, []))
         ev0 = evaluate_model.fn(cfg, priors, split, model0, evaluate_key(cfg, split, model0))
@@ -158,6 +159,7 @@ def _scores(evaluation, model, threshold: float, k: int) -> tuple[dict, dict]:
 
     from storage.checkpoints import reference_calibration
     from uniadc import metrics
+    from uniadc.analysis import confusion_matrix, gt_pixel_classes
 
     root = Path(evaluation.run_dir)
     row = pl.read_parquet(root / evaluation.uris["metrics"]).row(0, named=True)
@@ -175,12 +177,17 @@ def _scores(evaluation, model, threshold: float, k: int) -> tuple[dict, dict]:
     ours = {m: row[m] for m in METRICS} | extras(
         preds["image_score"].to_numpy(), preds["pred_index"].to_numpy()
     )
+    group = zarr.open_group(str(root / evaluation.uris["zarr"]), mode="r")
+    gt, argmax = group["gt_class_maps"][:], group["class_argmax"][:]
+    defect = labels > 0
+    named = gt_pixel_classes(argmax, gt, k)[defect]
+    ours["gt_class_acc"] = float(np.mean(named == labels[defect]))
+    ours["gt_confusion"] = confusion_matrix(labels[defect] - 1, named - 1, k, k).tolist()
     cal = reference_calibration(root / model.uris["checkpoint"])
     if cal is None:
         return ours, {}
     tau, scale, tau_n = cal["threshold"], cal["scale"], cal["normal_max"]
-    group = zarr.open_group(str(root / evaluation.uris["zarr"]), mode="r")
-    maps, gt, argmax = (group[n][:] for n in ("reference_maps", "gt_class_maps", "class_argmax"))
+    maps = group["reference_maps"][:]
     valid = group["valid"][:] if "valid" in group else None
     valid = None if valid is None or valid.all() else valid  # letterboxed tiles: padding left out
     cut = 1.0 / (1.0 + np.exp(-(tau_n - tau) / scale))  # tau_n on the calibrated map
@@ -200,6 +207,21 @@ def _summary(runs: list[dict], key: str) -> dict:
     return {
         **{m: float(np.mean(v)) for m, v in vals.items()},
         **{f"{m}_std": float(np.std(v)) for m, v in vals.items()},
+    }
+
+
+def _gt_classes(runs: list[dict], key: str) -> dict:
+    """Mean GT-pixel class accuracy (percent) and the confusion summed over seeds (rows true, columns named)."""
+    import numpy as np
+
+    done = [r[key] for r in runs if r.get(key) and "gt_class_acc" in r[key]]
+    if not done:
+        return {}
+    acc = [100 * r["gt_class_acc"] for r in done]
+    return {
+        "gt_class_acc": float(np.mean(acc)),
+        "gt_class_acc_std": float(np.std(acc)),
+        "gt_confusion": np.sum([r["gt_confusion"] for r in done], axis=0).tolist(),
     }
 
 
@@ -265,6 +287,9 @@ def main() -> None:
             )
         wall = time.perf_counter() - t
         ours, abl, knn = _summary(runs, "uniadc"), _summary(runs, "no_synthesis"), _summary(runs, "knn")
+        for summary, key in ((ours, "uniadc"), (abl, "no_synthesis")):
+            if summary:
+                summary.update(_gt_classes(runs, key))
         paper = PAPER[(setting, kn, ka)]
         peak = max(r["peak_rss_mb"] for r in runs)
         results.append(
@@ -280,6 +305,7 @@ def main() -> None:
                 "paper_clip": dict(zip(METRICS, paper, strict=True)),
                 "knn": knn or None,
                 "detector": [r["detector"] for r in runs],
+                "classes": runs[0]["classes"],
                 "no_synthesis": abl or None,
                 "command": "python benchmarks/mtd.py " + " ".join(sys.argv[1:]),
             }
@@ -291,6 +317,39 @@ def main() -> None:
             flush=True,
         )
         write_results(results, args)  # after every setting, so an interrupted run keeps what it measured
+
+
+def _gt_lines(results: list[dict]) -> list[str]:
+    """The GT-pixel classification section: accuracy per row and the confusion summed over seeds."""
+    rows = [r for r in results if r.get("gt_confusion")]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## Classification on ground-truth defect pixels (detection left out)",
+        "",
+        "Per defect image, the class the discriminator names most often on its ground-truth defect pixels; "
+        "accuracy over defect images (chance = 1 / number of classes), and the confusion summed over seeds "
+        "(rows = true class, columns = named class).",
+        "",
+    ]
+    for r in rows:
+        abl = (r.get("no_synthesis") or {}).get("gt_class_acc")
+        without = f"; w/o synthesis {abl:.2f}" if abl is not None else ""
+        names = r.get("classes") or [str(i + 1) for i in range(len(r["gt_confusion"]))]
+        lines += [
+            f"- {r['setting']} k_n {r['k_normal']} k_a {r['k_anomaly']}: ours {r['gt_class_acc']:.2f} "
+            f"± {r['gt_class_acc_std']:.2f}{without}",
+            "",
+            "| true \\ named | " + " | ".join(names) + " |",
+            "|---" * (len(names) + 1) + "|",
+            *(
+                f"| {n} | " + " | ".join(str(v) for v in row) + " |"
+                for n, row in zip(names, r["gt_confusion"], strict=True)
+            ),
+            "",
+        ]
+    return lines
 
 
 def write_results(results: list[dict], args) -> None:
@@ -340,9 +399,20 @@ def write_results(results: list[dict], args) -> None:
         lines.append(f"| | | | w/o synthesis | {_fmt(r.get('no_synthesis'))} | |")
         paper = " | ".join(f"{r['paper_clip'][m]:.2f}" for m in METRICS)
         lines.append(f"| | | | paper (CLIP) | {paper} | | | | |")
+    lines += _gt_lines(results)
     (args.out / "mtd.md").write_text("\n".join(lines) + "\n")
-    stats = (*METRICS, *EXTRA)
-    keep = ("setting", "k_normal", "k_anomaly", "seeds", *stats, *(f"{m}_std" for m in stats), "wall_s")
+    stats = (*METRICS, *EXTRA, "gt_class_acc")
+    keep = (
+        "setting",
+        "k_normal",
+        "k_anomaly",
+        "seeds",
+        *stats,
+        *(f"{m}_std" for m in stats),
+        "gt_confusion",
+        "classes",
+        "wall_s",
+    )
     (args.out / "mtd.json").write_text(
         json.dumps(
             [

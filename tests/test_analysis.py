@@ -95,3 +95,17 @@ def test_report_has_every_section_and_every_test_image():
         assert needle in page, needle
     assert page.count("class='test ") == 5 and page.count("<img") == 5 * 4
     assert "http" not in page.replace("http://www.w3.org/2000/svg", "")  # self-contained
+
+
+def test_gt_pixel_classes_take_the_majority_on_ground_truth_pixels_only():
+    from uniadc.analysis.breakdown import gt_pixel_classes
+
+    gt = np.zeros((3, 4, 4), np.uint8)
+    gt[0, :2, :2] = 2  # image 0: class 2 on four pixels
+    gt[1, 0, :3] = 1  # image 1: class 1 on three pixels
+    argmax = np.full((3, 4, 4), 3, np.uint8)  # class 3 everywhere off the defects
+    argmax[0, :2, :2] = [[2, 2], [2, 1]]
+    argmax[1, 0, :3] = [1, 2, 2]  # the majority names class 2 where the truth is 1
+    np.testing.assert_array_equal(gt_pixel_classes(argmax, gt, 3), [2, 2, 0])  # image 2 has no defect
+    with pytest.raises(ValueError, match="must be equal"):
+        gt_pixel_classes(argmax[:, :2], gt, 3)

@@ -51,6 +51,32 @@ def confusion_matrix(
     return np.bincount(flat, minlength=num_rows * num_columns).reshape(num_rows, num_columns)
 
 
+def gt_pixel_classes(class_argmax: np.ndarray, gt_class_maps: np.ndarray, num_classes: int) -> np.ndarray:
+    """Per image, the class the model names most often on its ground-truth defect pixels.
+
+    Classification with detection left out: whether the class maps name a defect right where it is known to
+    be. Ties go to the lower class.
+
+    Args:
+        class_argmax: (N, H, W) uint8 unthresholded ``1 + argmax`` class per pixel.
+        gt_class_maps: (N, H, W) uint8 true class per pixel, 0 = normal.
+        num_classes: K, the number of defect classes.
+
+    Returns:
+        (N,) int64 in 1..K, 0 for images without a defect pixel.
+    """
+    if class_argmax.shape != gt_class_maps.shape or class_argmax.ndim != 3:
+        raise ValueError(
+            f"class_argmax {class_argmax.shape} and gt_class_maps {gt_class_maps.shape} must be equal (N, H, W)"
+        )
+    out = np.zeros(len(class_argmax), np.int64)
+    for i, (p, g) in enumerate(zip(class_argmax, gt_class_maps, strict=True)):
+        named = p[g > 0].astype(np.int64)
+        if named.size:
+            out[i] = int(np.bincount(named, minlength=num_classes + 1)[1:].argmax()) + 1
+    return out
+
+
 def _safe(fn, *args) -> float:
     try:
         return float(fn(*args))
