@@ -179,8 +179,9 @@ def _scores(evaluation, model, threshold: float, k: int) -> tuple[dict, dict]:
     )
     group = zarr.open_group(str(root / evaluation.uris["zarr"]), mode="r")
     gt, argmax = group["gt_class_maps"][:], group["class_argmax"][:]
-    defect = labels > 0
-    named = gt_pixel_classes(argmax, gt, k)[defect]
+    named = gt_pixel_classes(argmax, gt, k)
+    defect = (labels > 0) & (named > 0)  # a defect image whose mask vanished at run size names nothing
+    named = named[defect]
     ours["gt_class_acc"] = float(np.mean(named == labels[defect]))
     ours["gt_confusion"] = confusion_matrix(labels[defect] - 1, named - 1, k, k).tolist()
     cal = reference_calibration(root / model.uris["checkpoint"])

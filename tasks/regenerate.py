@@ -33,6 +33,8 @@ from tasks.progress import StageProgress
 
 STAGE = "regenerate"
 STAGE_VERSION = "1"
+# few-shot samples only (zero-shot keys stay): 2: edge defects pasted on the foreground's edge, labels hole-filled
+CUTPASTE_VERSION = "2"
 COMMIT_EVERY = 4
 
 
@@ -64,6 +66,7 @@ def category_key(config: RunConfig, priors: PriorsFile, category: str, support: 
         str(config.image_size),
         support.content_hash,
         others,
+        *([CUTPASTE_VERSION] if config.setting == "few_shot" else []),
     )
 
 
@@ -108,7 +111,11 @@ def _selector(
         regions = []
         for i in support_ids:
             regions += extract_regions(
-                arrays["images"][i], arrays["masks"][i], rows["image_id"][int(i)], syn.cutpaste
+                arrays["images"][i],
+                arrays["masks"][i],
+                rows["image_id"][int(i)],
+                syn.cutpaste,
+                valid=arrays["foregrounds"][i],
             )
         if not regions:
             # every support defect is below min_region_px at this resolution (tiny blowholes at 256²):
@@ -116,7 +123,11 @@ def _selector(
             tiny = syn.cutpaste.model_copy(update={"min_region_px": 1})
             for i in support_ids:
                 regions += extract_regions(
-                    arrays["images"][i], arrays["masks"][i], rows["image_id"][int(i)], tiny
+                    arrays["images"][i],
+                    arrays["masks"][i],
+                    rows["image_id"][int(i)],
+                    tiny,
+                    valid=arrays["foregrounds"][i],
                 )
             regions = sorted(regions, key=lambda r: int(r.mask.sum()))[-1:]
             print(

@@ -1,7 +1,8 @@
 """Stage ``support``: the support images at run resolution, with foregrounds and (few-shot) defect masks.
 
 Writes ``support-<key>/support.zarr`` with ``images`` (N, S, S, 3) uint8, ``masks`` (N, S, S) bool (defect
-mask; all False for normal images), ``class_masks`` (N, S, S) uint8 and ``foregrounds`` (N, S, S) bool, and
+mask; all False for normal images), ``class_masks`` (N, S, S) uint8 and ``foregrounds`` (N, S, S) bool (normal
+images: the estimated foreground inside the picture; defect images: the picture, i.e. all but letterbox padding), and
 ``support-<key>/support.parquet`` (the split rows of the support images in Zarr order).
 """
 
@@ -25,6 +26,7 @@ from uniadc.geometry import cut_tiles, fit_image, fit_mask, resolved_resize, til
 
 STAGE = "support"
 STAGE_VERSION = "3"  # 2: dataset.resize (letterbox / tiles); 3: letterbox padding mirrors the image
+FEW_SHOT_VERSION = "defect-foreground=picture"  # keyed for few-shot only: zero-shot arrays are unchanged
 
 
 def support_key(config: RunConfig, split: Manifest) -> str:
@@ -32,6 +34,8 @@ def support_key(config: RunConfig, split: Manifest) -> str:
     parts = [split.content_hash, str(config.image_size), geometry]
     if config.support.foreground != "u2netp":  # the default keeps the keys of stores made before the option
         parts += [config.support.model_dump_json(), file_sha256(config.support.foreground_onnx or "")]
+    if config.setting == "few_shot":  # defect images' foregrounds became their picture (zero-shot has none)
+        parts.append(FEW_SHOT_VERSION)
     return cache_key(STAGE, STAGE_VERSION, *parts)
 
 
@@ -99,7 +103,9 @@ def prepare_support(config: RunConfig, split: Manifest, key: str) -> Manifest:
     counts = {m: modes.count(m) for m in sorted(set(modes))}
     print(f"support: {n} images at {size}x{size} ({geometry_line(config, counts, metrics=False)})")
     labels = rows["label_index"].to_numpy().astype(np.uint8)
-    foregrounds = np.ones_like(masks)
+    foregrounds = (
+        valid.copy()
+    )  # a defect image's "foreground" is its picture: cut-paste keeps edge defects there
     normal = labels == 0
     if normal.any():
         foregrounds[normal] = _foregrounds(config, images[normal]) & valid[normal]  # never in the padding

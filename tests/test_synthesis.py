@@ -189,6 +189,76 @@ def test_extract_regions_uses_8_connectivity_threshold_and_context():
         extract_regions(image, mask.astype(np.uint8), "x", CutPasteOptions())
 
 
+def test_extract_regions_stop_at_the_picture_and_name_the_edges_they_touch():
+    image = textured(np.random.default_rng(7), True)
+    valid = np.zeros((SIZE, SIZE), bool)
+    valid[16:48] = True  # a letterboxed picture: rows 0-15 and 48-63 are padding
+    mask = np.zeros((SIZE, SIZE), bool)
+    mask[16:24, 20:30] = True  # on the picture's top edge
+    mask[30:36, 30:40] = True  # inside
+    mask[40:48, 0:8] = True  # bottom-left corner of the picture
+    options = CutPasteOptions(min_region_px=10, context_ratio=0.5)
+    edge, inner, corner = extract_regions(image, mask, "lb", options, valid=valid)
+    assert edge.sides == {"top"} and inner.sides == frozenset() and corner.sides == {"bottom", "left"}
+    assert edge.crop.shape[0] == 8 + 4 and edge.mask[0].any()  # no margin above: the padding is not cut
+    np.testing.assert_array_equal(edge.crop, image[16:28, 15:35])
+    # without a picture mask the image is the picture: the top region no longer touches an edge
+    assert extract_regions(image, mask, "lb", options)[0].sides == frozenset()
+    with pytest.raises(ValueError, match="valid"):
+        extract_regions(image, mask, "lb", options, valid=np.zeros_like(valid))
+    with pytest.raises(ValueError, match="sides"):
+        SupportRegion(edge.crop, edge.mask, "lb", frozenset({"middle"}))
+
+
+def _edge_region() -> SupportRegion:
+    """A dark 6 x 10 chip on the top edge of a 12 x 20 crop."""
+    crop = np.full((12, 20, 3), 200, np.uint8)
+    mask = np.zeros((12, 20), bool)
+    mask[0:6, 5:15] = True
+    crop[mask] = 30
+    return SupportRegion(crop, mask, "chip", frozenset({"top"}))
+
+
+def test_an_edge_defect_is_pasted_flush_against_the_foreground_edge():
+    normal = np.full((SIZE, SIZE, 3), 200, np.uint8)
+    foreground = np.zeros((SIZE, SIZE), bool)
+    foreground[10:54, 6:58] = True
+    touched = set()
+    for seed in range(12):
+        result = paste_region(
+            normal, foreground, _edge_region(), CutPasteOptions(), np.random.default_rng(seed)
+        )
+        ys, xs = np.nonzero(result.mask)
+        edges = {
+            "top": ys.min() == 10,
+            "bottom": ys.max() == 53,
+            "left": xs.min() == 6,
+            "right": xs.max() == 57,
+        }
+        assert sum(edges.values()) == 1, (seed, edges)  # on exactly one edge of the foreground, never inside
+        touched |= {side for side, hit in edges.items() if hit}
+        # a multiple of 90 degrees: the chip stays an axis-aligned block (a 45-degree turn would fill half its box)
+        assert result.mask.sum() >= 0.75 * (np.ptp(ys) + 1) * (np.ptp(xs) + 1)
+    assert len(touched) >= 3  # flips and quarter turns send the top edge to the other sides too
+
+
+def test_the_cut_paste_label_covers_defect_pixels_that_match_the_destination():
+    normal = np.full((SIZE, SIZE, 3), 200, np.uint8)
+    crop = np.full((20, 20, 3), 200, np.uint8)
+    mask = np.zeros((20, 20), bool)
+    mask[5:15, 5:15] = True
+    crop[mask] = 40
+    crop[8:12, 8:12] = 200  # the defect's centre has the destination's colour: pasting leaves it unchanged
+    region = SupportRegion(crop, mask, "ring")
+    options = CutPasteOptions(max_rotation_deg=0.0, scale_range=(1.0, 1.0))
+    result = paste_region(normal, np.ones((SIZE, SIZE), bool), region, options, np.random.default_rng(0))
+    changed = np.any(result.image != normal, axis=-1)
+    y0, x0 = result.box[:2]
+    centre = (slice(y0 + 8, y0 + 12), slice(x0 + 8, x0 + 12))
+    assert not changed[centre].any() and result.mask[centre].all()
+    assert (changed & ~result.mask).sum() == 0 and result.mask.sum() >= 100
+
+
 def support_region(rng) -> SupportRegion:
     crop = textured(rng, True, size=24)
     mask = blob(size=24, cy=12, cx=12, ry=6, rx=8)
