@@ -225,7 +225,10 @@ def test_dask_runner_matches_the_thread_runner(tmp_path, tiny):
     assert len(dask_workers) == 3 and len(set(dask_workers)) > 1, dask_workers
     assert len(thread_workers) == 3 and len(set(thread_workers)) == 1, thread_workers
     assert not set(dask_workers) & set(thread_workers)
-    assert "distributed.nanny" not in r.stderr  # Dask's INFO chatter stays out of the console
+    # Dask's INFO chatter stays out of the console; a WARNING (a worker slow to stop on a loaded machine) may not
+    levels = r"(?:INFO|DEBUG)"
+    chatter = re.findall(rf"\|\s*{levels}\s*\|\s*distributed\.|distributed\.\S+ - {levels} -", r.stderr)
+    assert not chatter, r.stderr[-3000:]
 
 
 @pytest.mark.slow
