@@ -103,9 +103,8 @@ def prepare_support(config: RunConfig, split: Manifest, key: str) -> Manifest:
     counts = {m: modes.count(m) for m in sorted(set(modes))}
     print(f"support: {n} images at {size}x{size} ({geometry_line(config, counts, metrics=False)})")
     labels = rows["label_index"].to_numpy().astype(np.uint8)
-    foregrounds = (
-        valid.copy()
-    )  # a defect image's "foreground" is its picture: cut-paste keeps edge defects there
+    # a defect image's "foreground" is its picture: cut-paste keeps edge defects on the picture's edge
+    foregrounds = valid.copy()
     normal = labels == 0
     if normal.any():
         foregrounds[normal] = _foregrounds(config, images[normal]) & valid[normal]  # never in the padding
