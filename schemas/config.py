@@ -197,6 +197,13 @@ class DiscriminatorConfig(_Frozen):
         "(uniadc.discriminator.intensity); raw: the image as is (the paper's input; checkpoints saved "
         "before this field existed load as raw)",
     )
+    image_score: Literal["edge", "max"] = Field(
+        default="edge",
+        description="with the reference map deciding, the image score: edge = maximum of the distance map "
+        "weighted per edge-distance band by the leave-one-out normal profile of the support views, so a "
+        "normal tile's rim does not outscore its interior (uniadc.reference.edge); max = the map's maximum "
+        "(PatchCore's; checkpoints saved before this field existed load as max)",
+    )
     calibration: Literal["balanced", "normal_max"] = Field(
         default="normal_max",
         description="how the reference threshold is fitted on leave-one-out training maps: normal_max = no "

@@ -104,9 +104,11 @@ def save_discriminator(
 
 def _saved_config(text: str) -> DiscriminatorConfig:
     """The saved ``DiscriminatorConfig``; fields added since keep the behaviour the model was trained with
-    (``intensity``: checkpoints written before it existed fed raw images to the backbone)."""
+    (``intensity``: checkpoints written before it existed fed raw images to the backbone; ``image_score``:
+    they scored images by the map's maximum)."""
     data = json.loads(text)
     data.setdefault("intensity", "raw")
+    data.setdefault("image_score", "max")
     return DiscriminatorConfig.model_validate(data)
 
 

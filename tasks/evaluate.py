@@ -9,7 +9,9 @@ with a reference ``reference_maps`` (N, S, S) float32, its calibrated map),
 by nearest neighbour; ``valid`` in the Zarr group marks the pixels that count), so every metric is computed at
 one stated resolution over the valid pixels. The threshold is the config's value on the
 model's anomaly map; with ``discriminator.reference: knn`` that map is calibrated on training data (0.5 = the
-fitted tau, stored in the checkpoint). Nothing here looks at test statistics to choose it.
+fitted tau, stored in the checkpoint). Nothing here looks at test statistics to choose it. Image scores (and
+I-AUC) are the prediction's: the map's maximum, or with ``discriminator.image_score: edge`` the edge-aware score
+(``uniadc.reference.edge``).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from uniadc.geometry.fitted import predict_canvas
 
 STAGE = "evaluate"
 # 3: metrics per category and the confusion matrix; 4: dataset.resize canvases; 5: mirrored padding
-STAGE_VERSION = "5"
+STAGE_VERSION = "6"  # 6: image scores and I-AUC from the model's decision (edge-aware score)
 CATEGORY_FILE = "category_metrics.parquet"
 CONFUSION_FILE = "confusion.parquet"
 CHUNK = 64
@@ -92,6 +94,7 @@ def evaluate_model(
     gt_maps = np.zeros((n, size, size), np.uint8)
     valid = np.zeros((n, size, size), bool)
     image_pred = np.zeros(n, np.int64)
+    image_score = np.zeros(n, np.float32)
     modes: list[str] = []
     with StageProgress(artifact_key(config, "evaluate-progress"), "evaluate", n, unit="img") as bar:
         for part, start in enumerate(range(0, n, CHUNK)):
@@ -103,7 +106,7 @@ def evaluate_model(
             )  # fmt: skip
             gt = np.stack([fit_ground_truth(g, size, config.dataset.resize) for _, g in raw])
             stop = start + chunk.height
-            image_pred[start:stop] = pred.image_classes
+            image_pred[start:stop], image_score[start:stop] = pred.image_classes, pred.image_scores
             valid[start:stop], modes = pred.valid, modes + pred.modes
             anomaly_maps[start:stop], class_maps[start:stop], gt_maps[start:stop] = (
                 pred.anomaly_maps,
@@ -143,7 +146,9 @@ def evaluate_model(
     used = None if valid.all() else valid  # squashed images: every pixel counts (the historical result)
     counts = {m: modes.count(m) for m in sorted(set(modes))}
     print(f"evaluate: {n} test images, {geometry_line(config, counts)}")
-    result = metrics.evaluate(anomaly_maps, gt_maps, eval_classes, k, labels=labels, valid=used)
+    result = metrics.evaluate(
+        anomaly_maps, gt_maps, eval_classes, k, labels=labels, valid=used, image_scores=image_score
+    )
     image_class = config.dataset.image_class or "magnetic_tile"
     table = metrics.metrics_table({image_class: result})
     write_metrics_table(table, out / "metrics.parquet")

@@ -2,8 +2,9 @@
 
 Writes ``support-<key>/support.zarr`` with ``images`` (N, S, S, 3) uint8, ``masks`` (N, S, S) bool (defect
 mask; all False for normal images), ``class_masks`` (N, S, S) uint8 and ``foregrounds`` (N, S, S) bool (normal
-images: the estimated foreground inside the picture; defect images: the picture, i.e. all but letterbox padding), and
-``support-<key>/support.parquet`` (the split rows of the support images in Zarr order).
+images: the estimated foreground inside the picture; defect images: the picture, i.e. all but letterbox padding),
+``valid`` (N, S, S) bool (the picture), and ``support-<key>/support.parquet`` (the split rows of the support
+images in Zarr order).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from tasks.common import cache_key, file_sha256, geometry_line
 from uniadc.geometry import cut_tiles, fit_image, fit_mask, resolved_resize, tile_windows
 
 STAGE = "support"
-STAGE_VERSION = "3"  # 2: dataset.resize (letterbox / tiles); 3: letterbox padding mirrors the image
+STAGE_VERSION = "4"  # 2: dataset.resize (letterbox / tiles); 3: letterbox padding mirrors the image; 4: valid
 FEW_SHOT_VERSION = "defect-foreground=picture"  # keyed for few-shot only: zero-shot arrays are unchanged
 
 
@@ -116,6 +117,7 @@ def prepare_support(config: RunConfig, split: Manifest, key: str) -> Manifest:
             "masks": ((n, size, size), "bool"),
             "class_masks": ((n, size, size), "uint8"),
             "foregrounds": ((n, size, size), "bool"),
+            "valid": ((n, size, size), "bool"),
         },
         attrs=provenance(config.to_json(), {"stage": STAGE, "cache_key": key}),
         overwrite=True,
@@ -128,8 +130,11 @@ def prepare_support(config: RunConfig, split: Manifest, key: str) -> Manifest:
             masks=masks[i],
             class_masks=masks[i] * labels[i],
             foregrounds=foregrounds[i],
+            valid=valid[i],
         )
     write_table_atomic(rows.to_arrow(), out / "support.parquet")
+    # ``valid`` (the picture) follows from the images' geometry, already in the digest: left out so the
+    # samples regenerated from these images keep their keys
     digest = hashlib.sha256(images.tobytes() + masks.tobytes() + foregrounds.tobytes()).hexdigest()
     return Manifest(
         stage=STAGE,

@@ -30,7 +30,8 @@ from uniadc.discriminator import Discriminator, TrainingData, build_discriminato
 from uniadc.discriminator import train_discriminator as fit
 
 STAGE = "train"
-STAGE_VERSION = "7"  # 7: the learned map's threshold fitted on the probe's held-out tile (calibration rule)
+STAGE_VERSION = "8"  # 7: the learned map's threshold fitted on the probe's held-out tile (calibration rule);
+# 8: the edge-aware image score fitted on the support views' pictures
 OPEN_SET_SAMPLES = 16
 
 
@@ -59,6 +60,8 @@ def load_training_data(
     idx_normal = np.flatnonzero(labels == 0)
     idx_real = np.flatnonzero(labels > 0) if few_shot else np.zeros(0, np.int64)
     normals = read_samples(group, "images", idx_normal)
+    # stores written before the support stage kept ``valid`` have none: every pixel is picture there
+    picture = read_samples(group, "valid", idx_normal) if "valid" in group else None
     source_of = {image_id: i for i, image_id in enumerate(rows["image_id"].to_numpy()[idx_normal])}
     images, masks, real, sources = [], [], [], []
     for m in samples:
@@ -83,6 +86,7 @@ def load_training_data(
         anomaly_masks=np.concatenate(masks),
         anomaly_is_real=np.concatenate(real),
         reference_images=normals,
+        reference_valid=picture,
         normal_source=np.arange(len(normals), dtype=np.int64),
         normal_view=np.zeros(len(normals), np.int64),
         anomaly_source=np.concatenate(sources),
@@ -128,6 +132,7 @@ def augment_training_data(data: TrainingData, config: RunConfig) -> TrainingData
         anomaly_masks=masks,
         anomaly_is_real=np.tile(real, 1 + d.augment_anomaly_copies),
         reference_images=ref,
+        reference_valid=data.reference_valid,
         normal_source=np.tile(source[:n], 1 + d.augment_normal_copies),
         normal_view=normal_views,
         anomaly_source=np.tile(source[n:], 1 + d.augment_anomaly_copies),
@@ -166,6 +171,7 @@ def train_model(
             anomaly_masks=np.concatenate([data.anomaly_masks, extra_masks]),
             anomaly_is_real=np.concatenate([real, np.zeros(len(extra), bool)]),
             reference_images=ref,
+            reference_valid=data.reference_valid,
             normal_source=source[:n],
             normal_view=view[:n],
             # the open-set samples are rendered into random support normals: compare them with no exclusion

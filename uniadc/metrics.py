@@ -389,6 +389,13 @@ def mean_iou(
     return float(np.mean(np.where(union[classes] > 0, hits[classes] / np.maximum(union[classes], 1), 0.0)))
 
 
+def _checked_scores(scores: np.ndarray, n: int) -> np.ndarray:
+    scores = np.asarray(scores, np.float64)
+    if scores.shape != (n,) or not np.isfinite(scores).all():
+        raise ValueError(f"image_scores must be ({n},) finite floats, got shape {scores.shape}")
+    return scores
+
+
 def evaluate(
     anomaly_maps: np.ndarray,
     gt_class_maps: np.ndarray,
@@ -400,6 +407,7 @@ def evaluate(
     fpr_limit: float = 0.3,
     include_normal: bool = True,
     valid: np.ndarray | None = None,
+    image_scores: np.ndarray | None = None,
 ) -> dict[str, float | int]:
     """All five metrics of one image class (e.g. one MVTec-FS product).
 
@@ -416,6 +424,8 @@ def evaluate(
         fpr_limit: Of :func:`pro`.
         include_normal: Of :func:`mean_iou`.
         valid: optional ``(N, H, W)`` bool, the pixels that count (False on letterbox padding).
+        image_scores: optional ``(N,)`` image scores for I-AUC (e.g. an edge-aware score); default the maps'
+            ``reduction``.
 
     Returns:
         ``{"i_auc", "p_auc", "pro", "acc", "miou": float, "n_images": int}``.
@@ -431,7 +441,9 @@ def evaluate(
         raise ValueError(f"predicted shape {predicted.shape} must equal gt_class_maps shape {masks.shape}")
     kept = None if valid is None else np.asarray(valid)[keep]
     return {
-        "i_auc": image_auc(anomaly_maps, masks.any(axis=(1, 2)), reduction, top_k, valid),
+        "i_auc": image_auc(anomaly_maps, masks.any(axis=(1, 2)), reduction, top_k, valid)
+        if image_scores is None
+        else roc_auc(_checked_scores(image_scores, len(masks)), masks.any(axis=(1, 2))),
         "p_auc": pixel_auc(anomaly_maps, masks, valid),
         "pro": pro(anomaly_maps, masks, fpr_limit, valid),
         "acc": accuracy(image_classes(predicted[keep], num_classes), labels[keep]),

@@ -3,11 +3,18 @@
 - image score = maximum of the anomaly map (the mean of the K category maps, computed by the model);
 - pixel class = 1 + argmax category where the anomaly map >= threshold, else 0 (normal);
 - image class = the category with the largest predicted area, 0 when no pixel fires (ties: lowest index).
+
+With the reference map deciding and ``image_score: edge`` (:func:`edge_decisions`), the image score is the
+reference's edge-aware score instead (``uniadc.reference.edge``); an image it calls normal has no firing
+pixel, and an image it calls defective names the largest predicted area, or, when no pixel fires, the class
+at its weighted maximum.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from uniadc.reference import ReferenceScorer
 
 
 def pixel_classes(anomaly_maps: np.ndarray, class_scores: np.ndarray, threshold: float) -> np.ndarray:
@@ -74,3 +81,36 @@ def class_maps_and_argmax(
         pixel_classes(anomaly_maps, class_scores, threshold),
         pixel_classes(np.ones_like(anomaly_maps), class_scores, 0.5),
     )
+
+
+def edge_decisions(
+    reference: ReferenceScorer,
+    reference_maps: np.ndarray,
+    valid: np.ndarray,
+    class_maps: np.ndarray,
+    class_argmax: np.ndarray,
+    threshold: float,
+    num_classes: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Image decisions by the edge-aware score.
+
+    Args:
+        reference: a scorer with ``has_edge_score``.
+        reference_maps: (N, S, S) calibrated reference maps on the model's canvas.
+        valid: (N, S, S) bool picture pixels of those canvases.
+        class_maps: (N, H, W) thresholded class maps (the canvas or the image's own size).
+        class_argmax: (N, S, S) ``1 + argmax`` maps on the canvas.
+        threshold: the run's threshold (0.5 = the fitted image threshold).
+        num_classes: classes a map may hold besides normal (K, K + 1 open-set).
+
+    Returns:
+        (scores (N,) float32, image classes (N,) int64, class maps with the images called normal cleared).
+    """
+    scores, at = reference.edge_image_scores(reference.distances_from_calibrated(reference_maps), valid)
+    quiet = scores < threshold
+    class_maps = np.where(quiet[:, None, None], np.uint8(0), class_maps).astype(np.uint8)
+    classes = image_classes(class_maps, num_classes)
+    silent = ~quiet & (classes == 0)
+    rows = np.flatnonzero(silent)
+    classes[rows] = class_argmax.reshape(len(class_argmax), -1)[rows, at[rows]]
+    return scores, classes, class_maps

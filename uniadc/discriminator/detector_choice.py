@@ -109,6 +109,7 @@ def _probe(model, data, config, seed, train, held: int) -> _HeldOut | None:
         anomaly_masks=data.anomaly_masks[keep_a],
         anomaly_is_real=real[keep_a],
         reference_images=ref_images[kept],
+        reference_valid=data.picture()[kept],
         normal_source=sub(n_src[keep_n]),
         normal_view=view[:n][keep_n],
         anomaly_source=sub(a_src[keep_a]),

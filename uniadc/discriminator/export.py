@@ -4,7 +4,8 @@ The graph is the whole model, pre-processing included: ``images`` uint8 (N, S, S
 ``anomaly_map`` float32 (N, S, S) in [0, 1] (the map the model decides with: calibrated so that 0.5 is the
 threshold fitted on training data) and ``class_logits`` float32 (N, K, S, S). The decisions are two lines of
 numpy (``uniadc.discriminator.decision``): pixel class = 1 + argmax_k class_logits where anomaly_map >= the
-threshold, else 0; image class = the class with the largest area; image score = max of the map.
+threshold, else 0; image class = the class with the largest area; image score = max of the map, or with
+``discriminator.image_score: edge`` the edge-aware score whose parameters the ``image_score`` metadata holds.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch import Tensor, nn
 from uniadc.discriminator.backbones import IMAGENET_MEAN, IMAGENET_STD
 from uniadc.discriminator.intensity import apply_intensity
 from uniadc.discriminator.model import Discriminator
+from uniadc.reference.edge import BAND_EDGES_AT_256
 
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("anomaly_map", "class_logits")
@@ -58,6 +60,26 @@ def threshold_origin(model: Discriminator) -> str:
     )
 
 
+def _image_score_line(model: Discriminator) -> str:
+    """How the trained model scores images; with the edge-aware score, everything needed to recompute it."""
+    if not model.edge_image_score:
+        return "max anomaly_map"
+    ref = model.reference
+    return json.dumps(
+        {
+            "rule": "edge (uniadc.reference.edge): D = tau + scale * logit(anomaly_map); weight D by gain[band "
+            "of the chessboard distance to the picture edge]; score = sigmoid((max over the picture - "
+            "image_threshold) / image_scale); an image scoring below 0.5 has no firing pixel",
+            "tau": float(ref.threshold),
+            "scale": float(ref.scale),
+            "band_edges_at_256": list(BAND_EDGES_AT_256),
+            "gain": [float(g) for g in ref.edge_gain],
+            "image_threshold": float(ref.image_threshold),
+            "image_scale": float(ref.image_scale),
+        }
+    )
+
+
 def export_metadata(
     model: Discriminator,
     category_names: list[str],
@@ -82,6 +104,7 @@ def export_metadata(
         "outputs": "anomaly_map: float32 (N, S, S) in [0, 1]; class_logits: float32 (N, K, S, S), class k+1",
         "decision": "pixel class = 1 + argmax_k class_logits where anomaly_map >= threshold, else 0; image "
         "class = class with the largest area (0 if none); image score = max anomaly_map",
+        "image_score": _image_score_line(model),
         "discriminator_config": config_json,
         "config_hash": hashlib.sha256(config_json.encode()).hexdigest(),
         "checkpoint_sha256": checkpoint_sha256,

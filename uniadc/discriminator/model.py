@@ -43,6 +43,7 @@ from uniadc.discriminator.clip import load_clip
 from uniadc.discriminator.dinov3 import encode_dinotxt, load_dinov3
 from uniadc.discriminator.intensity import apply_intensity
 from uniadc.reference import ReferenceScorer
+from uniadc.reference.scorer import OPTIONAL_BUFFERS
 
 INIT_LOGIT_SCALE = 10.0  # s at initialisation; learnable (as log s)
 
@@ -225,6 +226,18 @@ class Discriminator(nn.Module):
             raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
         return self.head(self.extract_features(images), tuple(images.shape[-2:]))
 
+    @property
+    def edge_image_score(self) -> bool:
+        """Images are scored by the reference's edge-aware score (``image_score: edge`` with the reference
+        map deciding and the score fitted), not by the map's maximum."""
+        ref = self.reference
+        return (
+            ref is not None
+            and ref.has_edge_score
+            and not ref.uses_learned
+            and self.config.image_score == "edge"
+        )
+
     def head_state_dict(self) -> dict[str, Tensor]:
         """Everything but the frozen backbone (which the build recreates): what a checkpoint stores."""
         return {k: v.detach().clone() for k, v in self.state_dict().items() if not k.startswith("backbone.")}
@@ -322,6 +335,9 @@ def restore_discriminator(
             f"{config.backbone!r} backbone ({model.backbone_fingerprint()[:12]}...)"
         )
     expected = set(model.head_state_dict())
+    if model.reference is not None:  # buffers newer than the checkpoint keep their unset values
+        unset = {f"reference.{n}" for n in OPTIONAL_BUFFERS} - set(state)
+        state = {**{k: v for k, v in model.head_state_dict().items() if k in unset}, **state}
     if set(state) != expected:
         raise ValueError(
             f"state keys differ from the model: missing {sorted(expected - set(state))}, "

@@ -32,7 +32,15 @@ from torch.nn import functional as F
 from schemas.config import DiscriminatorConfig
 from uniadc.discriminator.losses import grid_loss
 from uniadc.discriminator.model import Discriminator, image_features
-from uniadc.reference import ReferenceScorer, dihedral_views, fit_calibration
+from uniadc.reference import (
+    ReferenceScorer,
+    dihedral_masks,
+    dihedral_view,
+    dihedral_views,
+    fit_calibration,
+    fit_edge_gain,
+    weighted_maps,
+)
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,8 @@ class TrainingData:
         normal_source, anomaly_source: optional (N,) / (M,) int64 index into ``reference_images`` of the
             image each training image was made from (-1: none, e.g. a real anomaly).
         normal_view, anomaly_view: optional (N,) / (M,) int64 dihedral view the image was made in (0: as is).
+        reference_valid: optional (k, H, W) bool, the picture pixels of each reference image (False on
+            letterbox padding; default: all of them), for the edge-aware image score.
     """
 
     normals: np.ndarray
@@ -61,6 +71,7 @@ class TrainingData:
     normal_view: np.ndarray | None = None
     anomaly_source: np.ndarray | None = None
     anomaly_view: np.ndarray | None = None
+    reference_valid: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         for name in ("normals", "anomalies"):
@@ -130,6 +141,15 @@ class TrainingData:
         nv = self.normal_view if self.normal_view is not None else np.zeros(n, np.int64)
         av = self.anomaly_view if self.anomaly_view is not None else np.zeros(m, np.int64)
         return ref, np.concatenate([ns, a_s]).astype(np.int64), np.concatenate([nv, av]).astype(np.int64)
+
+    def picture(self) -> np.ndarray:
+        """(k, H, W) bool picture pixels of the reference images (all True where not given)."""
+        ref = self.sources()[0]
+        if self.reference_valid is None:
+            return np.ones(ref.shape[:3], bool)
+        if np.shape(self.reference_valid) != ref.shape[:3]:
+            raise ValueError(f"reference_valid must be {ref.shape[:3]}, got {np.shape(self.reference_valid)}")
+        return np.asarray(self.reference_valid, bool)
 
 
 class _Cycler:
@@ -344,4 +364,38 @@ def fit_reference(
     calibration = fit_calibration(normal_maps, anomaly_maps, masks[n:].numpy() > 0, config.calibration)
     normal_max = fit_calibration(normal_maps, rule="normal_max").threshold
     model.reference.set_calibration(calibration, normal_max)
+    if config.image_score == "edge":
+        fit_edge_score(model.reference, data, normal_maps, anomaly_maps, masks[n:].numpy() > 0, config)
     return distances
+
+
+def fit_edge_score(
+    reference: ReferenceScorer,
+    data: TrainingData,
+    normal_maps: np.ndarray,
+    anomaly_maps: np.ndarray,
+    anomaly_masks: np.ndarray,
+    config: DiscriminatorConfig,
+) -> None:
+    """Fit the edge-aware image score (``uniadc.reference.edge``) on the same leave-one-out maps: band gains
+    from the normal support views, then the image threshold on the gain-weighted maps by the run's rule.
+    A synthetic sample's picture is its source image's, in the view it was made in (all pixels where it has
+    no source)."""
+    picture = data.picture()
+    view_valid = dihedral_masks(picture)
+    gain = fit_edge_gain(normal_maps, view_valid)
+    _, source, view = data.sources()
+    n = data.normals.shape[0]
+    full = np.ones(picture.shape[1:], bool)
+    anomaly_valid = np.stack(
+        [
+            dihedral_view(picture[s], int(v)) if s >= 0 else full
+            for s, v in zip(source[n:], view[n:], strict=True)
+        ]
+    )
+    weighted_normal = np.maximum(weighted_maps(normal_maps, view_valid, gain), 0.0)
+    weighted_anomaly = np.maximum(weighted_maps(anomaly_maps, anomaly_valid, gain), 0.0)
+    image = fit_calibration(
+        weighted_normal, weighted_anomaly, anomaly_masks & anomaly_valid, config.calibration
+    )
+    reference.set_edge_score(gain, image)

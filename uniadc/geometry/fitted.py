@@ -8,7 +8,7 @@ stated resolution is "long side = ``image_size``, aspect ratio kept" for pad and
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -85,15 +85,34 @@ def predict_canvas(
         reference[~valid] = 0.0
     class_maps = np.where(valid & (anomaly >= threshold), argmax, np.uint8(0)).astype(np.uint8)
     scores = np.where(valid, anomaly, -np.inf).reshape(n, -1).max(axis=1).astype(np.float32)
+    classes = decision.image_classes(class_maps, model.num_classes)
+    if model.edge_image_score and whole:  # tiled images keep the stitched map's maximum
+        w = np.array(whole)
+        scores[w], classes[w], class_maps[w] = decision.edge_decisions(
+            model.reference, reference[w], valid[w], class_maps[w], argmax[w], threshold, model.num_classes
+        )
     return CanvasPrediction(
         anomaly_maps=anomaly,
         class_maps=class_maps,
         image_scores=scores,
-        image_classes=decision.image_classes(class_maps, model.num_classes),
+        image_classes=classes,
         class_argmax=argmax,
         valid=valid,
         reference_maps=reference,
         modes=modes,
+    )
+
+
+def _square(values: np.ndarray, size: int, nearest: bool) -> np.ndarray:
+    """An (H, W) map -> (size, size), as the image was squashed."""
+    from PIL import Image
+
+    if values.shape == (size, size):
+        return values
+    if nearest:
+        return np.asarray(Image.fromarray(values).resize((size, size), Image.NEAREST))
+    return np.asarray(
+        Image.fromarray(values.astype(np.float32), mode="F").resize((size, size), Image.BILINEAR)
     )
 
 
@@ -118,7 +137,22 @@ def predict_original(
     h, w = image.shape[:2]
     mode = resolved_resize(resize, h, w)
     if mode == "squash":
-        return predict(model, image[None], threshold, batch_size=1)
+        pred = predict(model, image[None], threshold, batch_size=1)
+        if not model.edge_image_score:
+            return pred
+        size = model.image_size  # decided on the square canvas evaluate scores
+        ref = _square(pred.reference_maps[0], size, nearest=False)[None]
+        argmax = _square(pred.class_argmax[0], size, nearest=True)[None]
+        scores, classes, class_maps = decision.edge_decisions(
+            model.reference,
+            ref,
+            np.ones_like(ref, bool),
+            pred.class_maps,
+            argmax,
+            threshold,
+            model.num_classes,
+        )
+        return replace(pred, image_scores=scores, image_classes=classes, class_maps=class_maps)
     if mode == "tile":
         anomaly, argmax, ref = _tiled(model, image, threshold, overlap, model.num_classes + 1)
     else:
@@ -129,11 +163,18 @@ def predict_original(
         ref = None if pred.reference_maps is None else _crop_back(pred.reference_maps[0], h, w, nearest=False)
     class_maps = np.where(anomaly >= threshold, argmax, np.uint8(0)).astype(np.uint8)[None]
     anomaly = anomaly.astype(np.float32)[None]
+    scores = decision.image_scores(anomaly)
+    classes = decision.image_classes(class_maps, model.num_classes)
+    if model.edge_image_score and mode == "pad":  # decided on the canvas, as evaluate does
+        scores, classes, class_maps = decision.edge_decisions(
+            model.reference, pred.reference_maps, letterbox_valid(h, w, model.image_size)[None], class_maps,
+            pred.class_argmax, threshold, model.num_classes,
+        )  # fmt: skip
     return Prediction(
         anomaly_maps=anomaly,
         class_maps=class_maps,
-        image_scores=decision.image_scores(anomaly),
-        image_classes=decision.image_classes(class_maps, model.num_classes),
+        image_scores=scores,
+        image_classes=classes,
         class_argmax=argmax.astype(np.uint8)[None],
         reference_maps=None if ref is None else ref.astype(np.float32)[None],
     )

@@ -16,7 +16,11 @@ from uniadc.reference.bank import (
     nearest_distances,
 )
 from uniadc.reference.calibration import Calibration
+from uniadc.reference.edge import NUM_BANDS, edge_weighted_max
 from uniadc.reference.maps import distance_map
+
+# buffers added after checkpoints were first written: a checkpoint without them loads with these unset
+OPTIONAL_BUFFERS = ("edge_gain", "image_threshold", "image_scale")
 
 
 class ReferenceScorer(nn.Module):
@@ -24,7 +28,8 @@ class ReferenceScorer(nn.Module):
 
     Buffers (``bank_l``, ``owner_l``, ``view_l``, ``coords_l`` per level; ``threshold``, ``scale``,
     ``normal_max``) are part of the model's state, so a checkpoint carries its bank and its calibration.
-    ``threshold`` is NaN until calibrated.
+    ``threshold`` is NaN until calibrated. ``edge_gain``, ``image_threshold`` and ``image_scale`` (NaN: unset)
+    hold the edge-aware image score (``uniadc.reference.edge``) and its own calibration.
     """
 
     def __init__(self, bank: ReferenceBank) -> None:
@@ -44,6 +49,9 @@ class ReferenceScorer(nn.Module):
         # held-out support tile: pixel AUROC of the learned and the reference map, learned map's max on its
         # normal views (NaN: no probe)
         self.register_buffer("probe", torch.tensor([math.nan, math.nan, math.nan]))
+        self.register_buffer("edge_gain", torch.full((NUM_BANDS,), math.nan))
+        self.register_buffer("image_threshold", torch.tensor(math.nan))
+        self.register_buffer("image_scale", torch.tensor(1.0))
 
     @classmethod
     def from_features(
@@ -87,6 +95,33 @@ class ReferenceScorer(nn.Module):
         self.threshold.fill_(calibration.threshold)
         self.scale.fill_(calibration.scale)
         self.normal_max.fill_(normal_max)
+
+    @property
+    def has_edge_score(self) -> bool:
+        return bool(torch.isfinite(self.image_threshold)) and bool(torch.isfinite(self.edge_gain).all())
+
+    def set_edge_score(self, gain: np.ndarray, calibration: Calibration) -> None:
+        """Band gains and the image threshold/scale fitted on the gain-weighted leave-one-out maps."""
+        self.edge_gain.copy_(torch.as_tensor(np.asarray(gain, np.float32)))
+        self.image_threshold.fill_(calibration.threshold)
+        self.image_scale.fill_(calibration.scale)
+
+    def distances_from_calibrated(self, maps: np.ndarray) -> np.ndarray:
+        """Invert :meth:`calibrated_map`: calibrated maps in (0, 1) -> distances (the map never saturates:
+        its slope is set so that distances up to 2, the largest between unit vectors, stay inside float32)."""
+        a = np.clip(np.asarray(maps, np.float64), 1e-12, 1.0 - 1e-7)
+        return (float(self.threshold) + float(self.scale) * (np.log(a) - np.log1p(-a))).astype(np.float32)
+
+    def edge_image_scores(self, dmaps: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Calibrated edge-aware image scores of (N, H, W) distance maps (0.5 at the image threshold) and the
+        flat index of each image's weighted maximum."""
+        if not self.has_edge_score:
+            raise ValueError(
+                "the reference has no edge-aware image score (image_score: edge, after training)"
+            )
+        top, at = edge_weighted_max(dmaps, valid, self.edge_gain.numpy())
+        z = (top.astype(np.float64) - float(self.image_threshold)) / float(self.image_scale)
+        return (1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))).astype(np.float32), at
 
     def calibrated_map(self, dmap: Tensor) -> Tensor:
         return torch.sigmoid(self.logit(dmap))

@@ -19,16 +19,25 @@ def dihedral_views(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
     """
     if images.ndim != 4 or images.shape[1] != images.shape[2] or images.shape[-1] != 3:
         raise ValueError(f"images must be (N, S, S, 3) square RGB, got shape {images.shape}")
-    out = []
-    for img in images:
-        for v in range(DIHEDRAL_VIEWS):
-            r = np.rot90(img, v % 4)
-            out.append(r[:, ::-1] if v >= 4 else r)
+    out = [dihedral_view(img, v) for img in images for v in range(DIHEDRAL_VIEWS)]
     n = images.shape[0]
     owner = np.repeat(np.arange(n, dtype=np.int64), DIHEDRAL_VIEWS)
     view = np.tile(np.arange(DIHEDRAL_VIEWS, dtype=np.int64), n)
     views = np.ascontiguousarray(np.stack(out)) if out else images[:0]
     return views, owner, view
+
+
+def dihedral_view(array: np.ndarray, view: int) -> np.ndarray:
+    """One view of an (S, S, ...) array: rotated ``view % 4`` quarter turns, then flipped left-right if
+    ``view >= 4`` (the convention of ``uniadc.augment.augment_with_views``)."""
+    r = np.rot90(array, view % 4)
+    return r[:, ::-1] if view >= 4 else r
+
+
+def dihedral_masks(masks: np.ndarray) -> np.ndarray:
+    """(N, S, S) masks -> (8N, S, S), in the order of :func:`dihedral_views`."""
+    out = [dihedral_view(m, v) for m in masks for v in range(DIHEDRAL_VIEWS)]
+    return np.ascontiguousarray(np.stack(out)) if out else np.asarray(masks)[:0]
 
 
 def view_coords(h: int, w: int, view: int) -> np.ndarray:
